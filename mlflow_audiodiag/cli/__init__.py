@@ -1,0 +1,1 @@
+"""The ``mlflow-audiodiag`` command line."""

@@ -1,0 +1,126 @@
+"""``mlflow-audiodiag``: prepare the embedded dataset and train."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mlflow_audiodiag.cli.options import (
+    add_source_options,
+    add_training_options,
+    parse_bool,
+    parse_optional_path,
+    parse_range,
+    training_values,
+)
+from mlflow_audiodiag.cli.tracking import check_tracking_server, run_page_hint
+from mlflow_audiodiag.errors import AudioDiagError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlflow-audiodiag",
+        description="Train audio transformers on MLflow and record why validation stagnates.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prepare = commands.add_parser(
+        "prepare-data", help="generate the embedded synthetic audio dataset (WAV + manifest.csv)"
+    )
+    prepare.add_argument(
+        "--out",
+        type=parse_optional_path,
+        default=None,
+        help="output folder (default: a folder in the cache directory)",
+    )
+    prepare.add_argument("--n-classes", type=int, default=8)
+    prepare.add_argument("--clips-per-class", type=int, default=150)
+    prepare.add_argument("--duration-s", type=float, default=1.0)
+    prepare.add_argument("--sample-rate", type=int, default=16000)
+    prepare.add_argument(
+        "--snr-db",
+        type=parse_range,
+        default=(5.0, 20.0),
+        help="background-noise SNR range 'low,high' in dB",
+    )
+    prepare.add_argument(
+        "--imbalance-ratio",
+        type=float,
+        default=1.0,
+        help="clips of the largest class / clips of the smallest class",
+    )
+    prepare.add_argument("--seed", type=int, default=0)
+    prepare.add_argument("--progress", type=parse_bool, default=True)
+
+    train = commands.add_parser(
+        "train",
+        help="train the transformer and log the run to MLflow",
+        description="Train on --source (manifest CSV, folder per class or Speech Commands "
+        "tree) or, when it is empty, on the embedded synthetic dataset.",
+    )
+    train.add_argument(
+        "--experiment",
+        default=None,
+        help="MLflow experiment name (default: MLFLOW_EXPERIMENT_NAME or Default)",
+    )
+    add_source_options(train)
+    add_training_options(train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "prepare-data":
+            return _prepare_data(args)
+        return _train(args)
+    except AudioDiagError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _prepare_data(args: argparse.Namespace) -> int:
+    from mlflow_audiodiag.data.synthetic import SyntheticConfig, generate_dataset
+
+    config = SyntheticConfig(
+        n_classes=args.n_classes,
+        clips_per_class=args.clips_per_class,
+        duration_s=args.duration_s,
+        sample_rate=args.sample_rate,
+        snr_db=args.snr_db,
+        imbalance_ratio=args.imbalance_ratio,
+        seed=args.seed,
+    )
+    out = Path(args.out) if args.out else None
+    manifest = generate_dataset(out, config, progress=args.progress)
+    print(f"manifest: {manifest}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from mlflow_audiodiag.training.config import TrainConfig
+    from mlflow_audiodiag.training.run import train
+
+    config = TrainConfig.from_flat(training_values(args))
+    uri = check_tracking_server()
+    if args.experiment:
+        mlflow.set_experiment(args.experiment)
+    result = train(config)
+    print()
+    print(f"run id:              {result.run_id}")
+    print(f"validation accuracy: {result.best_val_accuracy:.4f} (best epoch {result.best_epoch})")
+    if result.test_accuracy is not None:
+        print(f"test accuracy:       {result.test_accuracy:.4f}")
+    print(f"open it:             {run_page_hint(result.experiment_id, result.run_id, uri)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Audio datasets: the embedded synthetic corpus and the user's own audio, as a clip table."""

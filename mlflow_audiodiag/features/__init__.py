@@ -1,0 +1,1 @@
+"""Waveform to features: log-mel/MFCC extraction, normalization, augmentation, caching."""

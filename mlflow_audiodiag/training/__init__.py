@@ -1,0 +1,1 @@
+"""Training loop, optimisation and MLflow logging of a run."""

@@ -1,0 +1,193 @@
+"""Training configuration: one frozen dataclass per concern, composed in :class:`TrainConfig`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mlflow_audiodiag.errors import ConfigError
+from mlflow_audiodiag.features.augment import AugmentConfig
+from mlflow_audiodiag.features.config import FeatureConfig
+from mlflow_audiodiag.features.normalization import NORMALIZATION_MODES, NormalizationMode
+from mlflow_audiodiag.model.transformer import ModelConfig
+
+OnBadFile = Literal["error", "skip"]
+ClassBalance = Literal["none", "weighted_loss", "balanced_sampler"]
+OptimizerName = Literal["adamw", "sgd"]
+SchedulerName = Literal["constant", "warmup_cosine", "step", "plateau"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the clips come from and how they are split and screened.
+
+    ``source`` empty means the embedded synthetic corpus, generated from the ``synthetic_*``
+    settings; otherwise a manifest CSV, a folder per class or a Speech Commands tree.
+    """
+
+    source: str = ""
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_seed: int = 0
+    on_bad_file: OnBadFile = "error"
+    normalization: NormalizationMode = "per_bin"
+    synthetic_classes: int = 8
+    synthetic_clips_per_class: int = 150
+    synthetic_imbalance_ratio: float = 1.0
+    synthetic_snr_db: tuple[float, float] = (5.0, 20.0)
+    synthetic_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.on_bad_file not in ("error", "skip"):
+            raise ConfigError(f"on_bad_file must be 'error' or 'skip', got {self.on_bad_file!r}")
+        if self.normalization not in NORMALIZATION_MODES:
+            raise ConfigError(
+                f"normalization must be one of {', '.join(NORMALIZATION_MODES)}, "
+                f"got {self.normalization!r}"
+            )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer, learning-rate schedule and gradient clipping."""
+
+    optimizer: OptimizerName = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    scheduler: SchedulerName = "warmup_cosine"
+    warmup_epochs: int = 2
+    step_size: int = 10
+    gamma: float = 0.5
+    plateau_patience: int = 3
+    plateau_factor: float = 0.5
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.scheduler not in ("constant", "warmup_cosine", "step", "plateau"):
+            raise ConfigError(
+                "scheduler must be one of constant, warmup_cosine, step, plateau, "
+                f"got {self.scheduler!r}"
+            )
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Epochs, batching, class balancing, early stopping and determinism."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    class_balance: ClassBalance = "none"
+    early_stopping_patience: int = 0
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 or self.batch_size <= 0:
+            raise ConfigError("epochs and batch_size must be positive")
+        if self.class_balance not in ("none", "weighted_loss", "balanced_sampler"):
+            raise ConfigError(
+                "class_balance must be none, weighted_loss or balanced_sampler, "
+                f"got {self.class_balance!r}"
+            )
+        if self.early_stopping_patience < 0 or self.num_workers < 0:
+            raise ConfigError("early_stopping_patience and num_workers must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs; every leaf is logged as an MLflow param."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def to_params(self) -> dict[str, str]:
+        """Flat ``section.field`` -> string, the form MLflow params take."""
+        return {
+            f"{section}.{name}": _param_str(value)
+            for section, values in self.to_dict().items()
+            for name, value in values.items()
+        }
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> TrainConfig:
+        """Builds a config from flat option names (see :func:`option_fields`); others default."""
+        unknown = set(values) - {opt.name for opt in option_fields()}
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        sections: dict[str, dict[str, Any]] = {}
+        for opt in option_fields():
+            if opt.name in values:
+                sections.setdefault(opt.section, {})[opt.field] = values[opt.name]
+        kwargs = {}
+        for section_field in dataclasses.fields(cls):
+            section_type = _SECTION_TYPES[section_field.name]
+            kwargs[section_field.name] = section_type(**sections.get(section_field.name, {}))
+        return cls(**kwargs)
+
+
+_SECTION_TYPES: dict[str, type] = {
+    "data": DataConfig,
+    "features": FeatureConfig,
+    "augment": AugmentConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "loop": LoopConfig,
+}
+
+# Flat option names that would otherwise be ambiguous or unclear on the command line.
+_RENAMED = {("features", "kind"): "feature_kind"}
+
+
+@dataclass(frozen=True)
+class OptionField:
+    """One leaf of :class:`TrainConfig` as a flat command-line / MLproject option."""
+
+    name: str
+    section: str
+    field: str
+    default: Any
+    type_hint: str
+
+
+def option_fields() -> list[OptionField]:
+    """Every configurable leaf with its flat option name (unique across sections)."""
+    options = []
+    for section, section_type in _SECTION_TYPES.items():
+        defaults = section_type()
+        for f in dataclasses.fields(section_type):
+            name = _RENAMED.get((section, f.name), f.name)
+            options.append(
+                OptionField(name, section, f.name, getattr(defaults, f.name), str(f.type))
+            )
+    names = [o.name for o in options]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:  # pragma: no cover - guards future edits of the dataclasses
+        raise RuntimeError(f"ambiguous option names: {sorted(duplicates)}")
+    return options
+
+
+def _param_str(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    return str(value)

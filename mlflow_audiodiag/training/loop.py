@@ -1,0 +1,192 @@
+"""The epoch loop: batches to features, forward/backward, validation, best-model tracking."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from mlflow_audiodiag.features.augment import SpecAugment, mixup
+from mlflow_audiodiag.features.extractor import FeatureExtractor
+from mlflow_audiodiag.features.normalization import FeatureNormalizer
+from mlflow_audiodiag.training.config import TrainConfig
+from mlflow_audiodiag.training.metrics import ClassificationScores, classification_scores
+from mlflow_audiodiag.training.optim import LRSchedule, build_optimizer
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """Loss, scores and raw predictions of one pass over a split."""
+
+    loss: float
+    scores: ClassificationScores
+    targets: np.ndarray
+    predictions: np.ndarray
+
+    def metrics(self) -> dict[str, float]:
+        return {"loss": self.loss, **self.scores.as_dict()}
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    train: SplitResult
+    val: SplitResult
+    lr: float
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val: SplitResult
+    history: list[EpochResult] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+class Trainer:
+    """Trains an :class:`AudioTransformer` on batches of cached features or raw waveforms.
+
+    Waveform batches (when waveform augmentation is on) go through ``extractor`` first; every
+    batch is normalized with the training-fitted ``normalizer``; SpecAugment and mixup apply to
+    training batches only.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        extractor: FeatureExtractor,
+        normalizer: FeatureNormalizer,
+        config: TrainConfig,
+        n_classes: int,
+        class_weights: torch.Tensor | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.extractor = extractor.to(self.device)
+        self.normalizer = normalizer.to(self.device)
+        self.spec_augment = SpecAugment(config.augment).to(self.device)
+        self.config = config
+        self.n_classes = n_classes
+        self.class_weights = None if class_weights is None else class_weights.to(self.device)
+        self.optimizer = build_optimizer(model, config.optim)
+        self.generator = torch.Generator().manual_seed(config.loop.seed)
+
+    def to_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Normalized features for a batch of waveforms ``[B, S]`` or features ``[B, F, T]``."""
+        inputs = inputs.to(self.device)
+        if inputs.dim() == 2:
+            inputs = self.extractor(inputs)
+        return self.normalizer(inputs)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, weight=self.class_weights)
+
+    def train_epoch(
+        self, loader: DataLoader, schedule: LRSchedule, epoch: int, progress: bool
+    ) -> SplitResult:
+        self.model.train()
+        self.spec_augment.train()
+        dataset = loader.dataset
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        alpha = self.config.augment.mixup_alpha
+        total_loss, seen = 0.0, 0
+        targets_all, predictions_all = [], []
+        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")
+        for inputs, targets in bar:
+            targets = targets.to(self.device)
+            features = self.spec_augment(self.to_features(inputs), generator=self.generator)
+            features, targets_a, targets_b, lam = mixup(features, targets, alpha, self.generator)
+            logits = self.model(features)
+            loss = lam * self.loss(logits, targets_a) + (1.0 - lam) * self.loss(logits, targets_b)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.optim.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+            self.optimizer.step()
+            schedule.step_batch()
+            batch = targets.shape[0]
+            total_loss += loss.item() * batch
+            seen += batch
+            targets_all.append(targets.cpu().numpy())
+            predictions_all.append(logits.argmax(dim=1).cpu().numpy())
+        return self._result(total_loss / seen, targets_all, predictions_all)
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader) -> SplitResult:
+        self.model.eval()
+        total_loss, seen = 0.0, 0
+        targets_all, predictions_all = [], []
+        for inputs, targets in loader:
+            targets = targets.to(self.device)
+            logits = self.model(self.to_features(inputs))
+            total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
+            seen += targets.shape[0]
+            targets_all.append(targets.cpu().numpy())
+            predictions_all.append(logits.argmax(dim=1).cpu().numpy())
+        return self._result(total_loss / seen, targets_all, predictions_all)
+
+    def fit(
+        self,
+        train_loader: DataLoader,
+        val_loader: DataLoader,
+        on_epoch_end: Callable[[EpochResult], None] | None = None,
+    ) -> FitResult:
+        """Runs up to ``loop.epochs`` epochs and restores the best weights (by val accuracy,
+        ties broken by val loss). Stops early after ``early_stopping_patience`` epochs in which
+        neither val accuracy nor val loss improved (0 disables early stopping)."""
+        loop = self.config.loop
+        schedule = LRSchedule(self.optimizer, self.config.optim, len(train_loader), loop.epochs)
+        best: FitResult | None = None
+        best_state: dict[str, torch.Tensor] = {}
+        best_loss = float("inf")
+        stale = 0
+        epochs = tqdm(range(1, loop.epochs + 1), desc="training", disable=not loop.progress)
+        for epoch in epochs:
+            start = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            train = self.train_epoch(train_loader, schedule, epoch, loop.progress)
+            val = self.evaluate(val_loader)
+            schedule.step_epoch(val.loss)
+            result = EpochResult(epoch, train, val, lr, time.perf_counter() - start)
+            epochs.set_postfix(train_loss=f"{train.loss:.3f}", val_acc=f"{val.scores.accuracy:.3f}")
+            if on_epoch_end is not None:
+                on_epoch_end(result)
+            improved_acc = best is None or _better(val, best.best_val)
+            improved_loss = val.loss < best_loss
+            best_loss = min(best_loss, val.loss)
+            if best is None:
+                best = FitResult(epoch, val)
+            best.history.append(result)
+            if improved_acc:
+                best.best_epoch, best.best_val = epoch, val
+                best_state = copy.deepcopy(self.model.state_dict())
+            stale = 0 if (improved_acc or improved_loss) else stale + 1
+            if loop.early_stopping_patience and stale >= loop.early_stopping_patience:
+                best.stopped_early = True
+                break
+        assert best is not None
+        self.model.load_state_dict(best_state)
+        return best
+
+    def _result(self, loss: float, targets: list, predictions: list) -> SplitResult:
+        targets_np = np.concatenate(targets)
+        predictions_np = np.concatenate(predictions)
+        scores = classification_scores(targets_np, predictions_np, self.n_classes)
+        return SplitResult(loss, scores, targets_np, predictions_np)
+
+
+def _better(candidate: SplitResult, incumbent: SplitResult) -> bool:
+    if candidate.scores.accuracy != incumbent.scores.accuracy:
+        return candidate.scores.accuracy > incumbent.scores.accuracy
+    return candidate.loss < incumbent.loss

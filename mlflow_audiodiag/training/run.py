@@ -1,0 +1,216 @@
+"""One training run under MLflow: data, features, model, fit, evaluation and logging."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+
+from mlflow_audiodiag import __version__, schema
+from mlflow_audiodiag.data.synthetic import default_cache_root
+from mlflow_audiodiag.errors import DataError
+from mlflow_audiodiag.features.augment import WaveformAugmenter
+from mlflow_audiodiag.features.extractor import FeatureExtractor
+from mlflow_audiodiag.features.normalization import FeatureNormalizer, fit_normalization
+from mlflow_audiodiag.features.store import FeatureStore, SplitFeatures, build_feature_store
+from mlflow_audiodiag.model.transformer import AudioTransformer
+from mlflow_audiodiag.training import artifacts
+from mlflow_audiodiag.training.config import TrainConfig
+from mlflow_audiodiag.training.dataset_source import resolve_clip_table
+from mlflow_audiodiag.training.datasets import (
+    AugmentedWaveformDataset,
+    CachedFeatureDataset,
+    balanced_sampler,
+    class_counts,
+    make_loader,
+)
+from mlflow_audiodiag.training.loop import EpochResult, SplitResult, Trainer
+from mlflow_audiodiag.training.metrics import majority_fraction
+
+logger = logging.getLogger(__name__)
+
+_NORMALIZATION_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run reports back to the caller."""
+
+    run_id: str
+    experiment_id: str
+    best_epoch: int
+    best_val_accuracy: float
+    test_accuracy: float | None
+    classes: list[str]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(config: TrainConfig, cache_root: Path | None = None) -> TrainResult:
+    """Trains with ``config`` inside the active MLflow run (or a new one) and logs everything.
+
+    When launched by ``mlflow run``, the run that MLflow created (``MLFLOW_RUN_ID``) is used.
+    The run ends FAILED if anything raises, KILLED on Ctrl-C.
+    """
+    seed_everything(config.loop.seed)
+    cache_root = Path(cache_root) if cache_root else default_cache_root()
+    table, source = resolve_clip_table(config.data, config.features, config.loop.progress)
+    store = build_feature_store(
+        table,
+        config.features,
+        cache_root,
+        on_bad_file=config.data.on_bad_file,
+        waveform_splits=("train",) if config.augment.uses_waveform else (),
+        progress=config.loop.progress,
+    )
+    train_split = store.split(schema.SPLIT_TRAIN)
+    val_split = store.split(schema.SPLIT_VAL)
+    if val_split is None:
+        raise DataError(
+            "the dataset has no validation clips; give some clips split=val or set val_fraction > 0"
+        )
+    stats = fit_normalization(
+        _feature_chunks(train_split), config.data.normalization
+    )  # training split only: val/test never reach the fit
+    n_classes = len(store.classes)
+
+    active = mlflow.active_run()
+    run = active or mlflow.start_run()
+    try:
+        result = _train_logged(config, store, source, stats, train_split, val_split, n_classes)
+    except KeyboardInterrupt:
+        if active is None:
+            mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        if active is None:
+            mlflow.end_run(status="FAILED")
+        raise
+    if active is None:
+        mlflow.end_run()
+    return TrainResult(run_id=run.info.run_id, experiment_id=run.info.experiment_id, **result)
+
+
+def _train_logged(config, store, source, stats, train_split, val_split, n_classes) -> dict:
+    device = resolve_device(config.loop.device)
+    mlflow.log_params(config.to_params())
+    mlflow.set_tags({schema.TAG_DATA_SOURCE: source, schema.TAG_PACKAGE_VERSION: __version__})
+    artifacts.log_dataset_summary(config, store, stats)
+    counts = class_counts(train_split.labels, n_classes)
+    mlflow.log_metrics(
+        {
+            schema.METRIC_MAJORITY_BASELINE: majority_fraction(
+                val_split.labels, train_split.labels, n_classes
+            ),
+            schema.METRIC_SKIPPED_FILES: len(store.skipped),
+            schema.METRIC_CROPPED_CLIPS: store.cropped_clips,
+            **{
+                f"{schema.METRIC_CLIPS_PREFIX}{name}": len(split)
+                for name, split in store.splits.items()
+            },
+        }
+    )
+
+    extractor = FeatureExtractor(config.features)
+    normalizer = FeatureNormalizer(stats)
+    model = AudioTransformer(
+        config.features.n_bins, config.features.n_frames, n_classes, config.model
+    )
+    class_weights = None
+    if config.loop.class_balance == "weighted_loss":
+        class_weights = torch.as_tensor(counts.sum() / (n_classes * counts), dtype=torch.float32)
+    trainer = Trainer(model, extractor, normalizer, config, n_classes, class_weights, device)
+
+    loop = config.loop
+    if config.augment.uses_waveform:
+        train_dataset = AugmentedWaveformDataset(
+            train_split, WaveformAugmenter(config.augment, config.features.sample_rate), loop.seed
+        )
+    else:
+        train_dataset = CachedFeatureDataset(train_split)
+    sampler = (
+        balanced_sampler(train_split.labels, n_classes, loop.seed)
+        if loop.class_balance == "balanced_sampler"
+        else None
+    )
+    train_loader = make_loader(
+        train_dataset,
+        loop.batch_size,
+        shuffle=True,
+        seed=loop.seed,
+        num_workers=loop.num_workers,
+        sampler=sampler,
+    )
+    val_loader = make_loader(
+        CachedFeatureDataset(val_split), loop.batch_size * 2, shuffle=False, seed=loop.seed
+    )
+
+    fit = trainer.fit(train_loader, val_loader, on_epoch_end=_log_epoch)
+    mlflow.log_metrics(
+        {
+            schema.METRIC_BEST_EPOCH: fit.best_epoch,
+            schema.METRIC_BEST_VAL_ACCURACY: fit.best_val.scores.accuracy,
+            schema.METRIC_STOPPED_EARLY: float(fit.stopped_early),
+        }
+    )
+
+    test_split = store.split(schema.SPLIT_TEST)
+    final: SplitResult = fit.best_val
+    test_accuracy = None
+    if test_split is not None:
+        final = trainer.evaluate(
+            make_loader(
+                CachedFeatureDataset(test_split), loop.batch_size * 2, shuffle=False, seed=loop.seed
+            )
+        )
+        mlflow.log_metrics(_prefixed(schema.SPLIT_TEST, final.metrics()))
+        test_accuracy = final.scores.accuracy
+    artifacts.log_confusion_matrix(
+        final, store.classes, schema.SPLIT_TEST if test_split is not None else schema.SPLIT_VAL
+    )
+    artifacts.log_model(extractor, normalizer, trainer.model, store.classes, config.features)
+    return {
+        "best_epoch": fit.best_epoch,
+        "best_val_accuracy": fit.best_val.scores.accuracy,
+        "test_accuracy": test_accuracy,
+        "classes": store.classes,
+    }
+
+
+def _log_epoch(result: EpochResult) -> None:
+    metrics = {
+        **_prefixed(schema.SPLIT_TRAIN, result.train.metrics()),
+        **_prefixed(schema.SPLIT_VAL, result.val.metrics()),
+        schema.METRIC_LR: result.lr,
+        schema.METRIC_EPOCH_SECONDS: result.seconds,
+    }
+    mlflow.log_metrics(metrics, step=result.epoch)
+
+
+def _prefixed(split: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {schema.split_metric(split, name): value for name, value in metrics.items()}
+
+
+def _feature_chunks(split: SplitFeatures):
+    for start in range(0, len(split), _NORMALIZATION_CHUNK):
+        yield torch.from_numpy(np.array(split.features[start : start + _NORMALIZATION_CHUNK]))
+
+
+def describe_store(store: FeatureStore) -> str:
+    sizes = ", ".join(f"{name}={len(split)}" for name, split in store.splits.items())
+    return f"{len(store.classes)} classes; clips {sizes}"

@@ -1,0 +1,86 @@
+"""Real training runs against a real local MLflow tracking store (sqlite + local artifacts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from mlflow_audiodiag import schema
+from mlflow_audiodiag.data.audio_io import read_audio
+from mlflow_audiodiag.training.config import TrainConfig
+from mlflow_audiodiag.training.run import train
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TINY = {
+    "synthetic_classes": 4,
+    "synthetic_clips_per_class": 12,
+    "epochs": 2,
+    "batch_size": 8,
+    "dim": 32,
+    "heads": 2,
+    "layers": 1,
+    "progress": False,
+}
+
+
+def test_training_run_logs_params_metrics_artifacts_and_a_loadable_model(tracking_uri) -> None:
+    result = train(TrainConfig.from_flat(TINY))
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+
+    params = run.data.params
+    assert params["optim.lr"] == "0.001"
+    assert params["model.layers"] == "1"
+    assert params["data.synthetic_classes"] == "4"
+    assert len(params) == len(TrainConfig().to_params())
+
+    for split in ("train", "val"):
+        for name in schema.EPOCH_METRICS:
+            history = client.get_metric_history(result.run_id, schema.split_metric(split, name))
+            assert [m.step for m in history] == [1, 2]
+    metrics = run.data.metrics
+    assert metrics[schema.METRIC_BEST_VAL_ACCURACY] == pytest.approx(result.best_val_accuracy)
+    assert "test/accuracy" in metrics
+    assert metrics[schema.METRIC_MAJORITY_BASELINE] == pytest.approx(0.25, abs=0.1)
+
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "data")}
+    assert {schema.ARTIFACT_NORMALIZATION, schema.ARTIFACT_CLASSES} <= artifacts
+    evaluation = {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
+    assert {schema.ARTIFACT_CONFUSION_CSV, schema.ARTIFACT_CONFUSION_PNG} <= evaluation
+    classes = json.loads(
+        Path(client.download_artifacts(result.run_id, schema.ARTIFACT_CLASSES)).read_text()
+    )["classes"]
+    assert classes == result.classes and len(classes) == 4
+
+    model = mlflow.pytorch.load_model(f"runs:/{result.run_id}/{schema.ARTIFACT_MODEL}")
+    source = run.data.tags[schema.TAG_DATA_SOURCE].removeprefix("synthetic:")
+    manifest = pd.read_csv(Path(source) / "manifest.csv")
+    waves = np.stack([read_audio(Path(source) / p, 16000) for p in manifest.path[:3]])
+    with torch.no_grad():
+        logits = model(torch.from_numpy(waves))
+    assert logits.shape == (3, 4) and torch.isfinite(logits).all()
+
+
+def test_skipped_files_are_logged_with_reasons(tracking_uri, tmp_path: Path) -> None:
+    from mlflow_audiodiag.data.synthetic import SyntheticConfig, generate_dataset
+
+    manifest = generate_dataset(
+        tmp_path / "data", SyntheticConfig(n_classes=3, clips_per_class=10), progress=False
+    )
+    table = pd.read_csv(manifest)
+    bad = tmp_path / "data" / table.path[0]
+    bad.write_bytes(b"not audio at all")
+    result = train(TrainConfig.from_flat({**TINY, "source": str(manifest), "on_bad_file": "skip"}))
+    client = MlflowClient()
+    assert client.get_run(result.run_id).data.metrics[schema.METRIC_SKIPPED_FILES] == 1
+    listing = Path(client.download_artifacts(result.run_id, schema.ARTIFACT_SKIPPED)).read_text()
+    assert str(bad) in listing and "not a readable audio file" in listing
