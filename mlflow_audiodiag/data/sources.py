@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -35,22 +36,18 @@ def _table(paths: list[str], labels: list[str], splits: list[str]) -> pd.DataFra
     return pd.DataFrame({"path": paths, "label": labels, "split": splits}, columns=_COLUMNS)
 
 
-def read_manifest(
-    csv_path: str | Path, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
-) -> pd.DataFrame:
-    """Read a CSV manifest with header ``path,label[,split]``.
+@dataclass(frozen=True)
+class _ManifestRow:
+    line: int
+    path: str
+    label: str
+    split: str
 
-    Relative paths are relative to the CSV's folder. Without a split column (or with an
-    entirely empty one) the clips are split per class with ``stratified_split``.
-    """
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DataError(f"manifest {csv_path} does not exist: check the path")
+
+def _manifest_rows(csv_path: Path) -> list[_ManifestRow]:
+    """Rows of a manifest with absolute paths; checks header, blanks and duplicates."""
     base_dir = csv_path.absolute().parent
-    paths: list[str] = []
-    labels: list[str] = []
-    splits: list[str] = []
-    line_numbers: list[int] = []
+    rows: list[_ManifestRow] = []
     first_line_of_path: dict[str, int] = {}
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
@@ -62,7 +59,6 @@ def read_manifest(
                 "line must be 'path,label' or 'path,label,split'"
             )
         reader.fieldnames = header
-        has_split = "split" in header
         for row in reader:
             line = reader.line_num
             raw_path = (row.get("path") or "").strip()
@@ -83,34 +79,51 @@ def read_manifest(
                     f"{first_line_of_path[path]}); remove the duplicate row"
                 )
             first_line_of_path[path] = line
-            paths.append(path)
-            labels.append(label)
-            splits.append((row.get("split") or "").strip() if has_split else "")
-            line_numbers.append(line)
-    if not paths:
+            rows.append(_ManifestRow(line, path, label, (row.get("split") or "").strip()))
+    return rows
+
+
+def read_manifest(
+    csv_path: str | Path, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> pd.DataFrame:
+    """Read a CSV manifest with header ``path,label[,split]``.
+
+    Relative paths are relative to the CSV's folder. Without a split column (or with an
+    entirely empty one) the clips are split per class with ``stratified_split``.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"manifest {csv_path} does not exist: check the path")
+    try:
+        rows = _manifest_rows(csv_path)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(
+            f"manifest {csv_path} is not a readable UTF-8 CSV file ({error}): save it as CSV "
+            "with the header path,label[,split]"
+        ) from error
+    if not rows:
         raise DataError(f"manifest {csv_path} has no clip rows below its header: add clips")
 
-    filled = [bool(split) for split in splits]
-    if not any(filled):
+    paths = [row.path for row in rows]
+    labels = [row.label for row in rows]
+    unsplit = [row.line for row in rows if not row.split]
+    if len(unsplit) == len(rows):
         splits = list(stratified_split(labels, val_fraction, test_fraction, seed))
-    elif not all(filled):
-        empty_lines = [
-            line for line, is_filled in zip(line_numbers, filled, strict=True) if not is_filled
-        ]
-        shown = ", ".join(str(line) for line in empty_lines[:5])
+        return _table(paths, labels, splits)
+    if unsplit:
+        shown = ", ".join(str(line) for line in unsplit[:5])
         raise DataError(
-            f"{csv_path}: the split column is empty on {len(empty_lines)} row(s) (lines {shown}"
-            f"{' ...' if len(empty_lines) > 5 else ''}) but filled on others; fill it on every "
+            f"{csv_path}: the split column is empty on {len(unsplit)} row(s) (lines {shown}"
+            f"{' ...' if len(unsplit) > 5 else ''}) but filled on others; fill it on every "
             "row (train/val/test) or leave it empty everywhere to split automatically"
         )
-    else:
-        for line, split, path in zip(line_numbers, splits, paths, strict=True):
-            if split not in SPLITS:
-                raise DataError(
-                    f"{csv_path} line {line}: split {split!r} of {path} is not one of "
-                    f"{', '.join(SPLITS)}; fix the value or remove the row"
-                )
-    return _table(paths, labels, splits)
+    for row in rows:
+        if row.split not in SPLITS:
+            raise DataError(
+                f"{csv_path} line {row.line}: split {row.split!r} of {row.path} is not one of "
+                f"{', '.join(SPLITS)}; fix the value or remove the row"
+            )
+    return _table(paths, labels, [row.split for row in rows])
 
 
 def _audio_files(folder: Path, extensions: tuple[str, ...], recursive: bool) -> list[Path]:

@@ -41,16 +41,21 @@ MANIFEST_NAME = "manifest.csv"
 CONFIG_NAME = "dataset.json"
 CLIPS_DIR = "clips"
 
+# Nuisance variation drawn per clip.
+_EVENT_FRACTION_RANGE = (0.55, 0.8)  # event duration as a fraction of the clip
+_MAX_PITCH_SEMITONES = 1.5  # every frequency times 2 ** (u / 12), |u| <= this
+_TEMPO_RANGE = (0.85, 1.15)  # factor on modulation rates
+_PEAK_DBFS_RANGE = (-18.0, 0.0)  # peak level of the finished clip
 _FADE_SECONDS = 0.03
-_MAX_PITCH_SEMITONES = 1.5
-_TEMPO_RANGE = (0.85, 1.15)
-_EVENT_FRACTION_RANGE = (0.55, 0.8)
-_PEAK_DBFS_RANGE = (-18.0, 0.0)
-_FLUTTER_HZ_RANGE = (30.0, 45.0)
+# Class-defining modulation and the fast "flutter" shared by both members of a pair.
 _AM_DEPTH_RANGE = (0.5, 0.9)
-_AM_FLUTTER_DB = 4.0
 _FM_DEVIATION_HZ_RANGE = (80.0, 160.0)
+_FLUTTER_HZ_RANGE = (30.0, 45.0)
+_AM_FLUTTER_DB = 4.0
 _FM_FLUTTER_HZ = 100.0
+
+Synthesizer = Callable[[int, int, float, float, np.random.Generator], np.ndarray]
+"""``(n_samples, sample_rate, pitch factor, tempo factor, rng) -> event samples``."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "snr_db", tuple(float(value) for value in self.snr_db))
         if not 2 <= self.n_classes <= len(CLASS_NAMES):
             raise ConfigError(f"n_classes must be in 2..{len(CLASS_NAMES)}, got {self.n_classes}")
         if not 0.25 <= self.duration_s <= 30.0:
@@ -75,7 +81,7 @@ class SyntheticConfig:
         if self.sample_rate < 8000:
             raise ConfigError(f"sample_rate must be at least 8000 Hz, got {self.sample_rate}")
         if len(self.snr_db) != 2 or self.snr_db[0] > self.snr_db[1]:
-            raise ConfigError(f"snr_db must be a (low, high) pair with low <= high, got {self.snr_db}")
+            raise ConfigError(f"snr_db must be a (low, high) pair, low <= high, got {self.snr_db}")
         if self.imbalance_ratio < 1.0:
             raise ConfigError(f"imbalance_ratio must be >= 1, got {self.imbalance_ratio}")
         for name in ("val_fraction", "test_fraction"):
@@ -116,7 +122,7 @@ class SyntheticConfig:
 
 
 def default_cache_root() -> Path:
-    """``$AUDIODIAG_CACHE_DIR``, else ``$XDG_CACHE_HOME/mlflow-audiodiag``, else ``~/.cache/...``."""
+    """``$AUDIODIAG_CACHE_DIR``, else ``$XDG_CACHE_HOME/mlflow-audiodiag``, else ``~/.cache/``."""
     explicit = os.environ.get("AUDIODIAG_CACHE_DIR")
     if explicit:
         return Path(explicit).expanduser()
@@ -156,6 +162,7 @@ def _phase(frequency: np.ndarray, sample_rate: int, rng: np.random.Generator) ->
 
 
 def _chirp(n: int, sr: int, pitch: float, tempo: float, rng: np.random.Generator) -> np.ndarray:
+    """Logarithmic sweep from 400 to 2400 Hz (times ``pitch``) with a second harmonic."""
     low, high = 400.0 * pitch, 2400.0 * pitch
     position = np.arange(n) / n
     frequency = low * (high / low) ** position
@@ -163,8 +170,8 @@ def _chirp(n: int, sr: int, pitch: float, tempo: float, rng: np.random.Generator
 
 
 def _tone_pair(n: int, sr: int, pitch: float, tempo: float, rng: np.random.Generator) -> np.ndarray:
-    split = int(n * rng.uniform(0.45, 0.55))
-    # The split point is drawn symmetrically, so reversal keeps its distribution.
+    """A 700 Hz then a 1400 Hz harmonic tone (times ``pitch``), split near the middle."""
+    split = int(n * rng.uniform(0.45, 0.55))  # symmetric, so reversal keeps its distribution
     pieces = []
     for base, length in ((700.0 * pitch, split), (1400.0 * pitch, n - split)):
         frequency = np.full(length, base)
@@ -174,17 +181,18 @@ def _tone_pair(n: int, sr: int, pitch: float, tempo: float, rng: np.random.Gener
 
 
 def _flutter(n: int, sr: int, max_depth: float, rng: np.random.Generator) -> np.ndarray:
-    """A fast sinusoidal wobble (20-30 Hz) of random depth in ``[0, max_depth]``.
+    """A fast sinusoidal wobble (30-45 Hz) of random depth in ``[0, max_depth]``.
 
-    Both members of the AM and FM pairs get it, so within-frame smearing says little about
-    the (slower) class-defining modulation rate.
+    Both members of the AM and FM pairs get it. It mostly blurs each analysis frame, so the
+    slight extra blur of the faster class-defining modulation no longer shows in the
+    clip-average spectrum.
     """
     t = np.arange(n) / sr
     rate_hz = rng.uniform(*_FLUTTER_HZ_RANGE)
     return rng.uniform(0.0, max_depth) * np.sin(2 * np.pi * rate_hz * t + rng.uniform(0, 2 * np.pi))
 
 
-def _amplitude_modulated(rate_hz: float) -> Callable[..., np.ndarray]:
+def _amplitude_modulated(rate_hz: float) -> Synthesizer:
     """Harmonic tone whose amplitude follows ``1 + depth * cos(2 pi rate t)``."""
 
     def synthesize(
@@ -202,7 +210,7 @@ def _amplitude_modulated(rate_hz: float) -> Callable[..., np.ndarray]:
     return synthesize
 
 
-def _frequency_modulated(rate_hz: float) -> Callable[..., np.ndarray]:
+def _frequency_modulated(rate_hz: float) -> Synthesizer:
     """Pure tone around 1 kHz with a sinusoidal vibrato of random extent."""
 
     def synthesize(
@@ -219,7 +227,7 @@ def _frequency_modulated(rate_hz: float) -> Callable[..., np.ndarray]:
 
 
 # Each entry: (synthesizer, reverse in time). Pair members share the synthesizer or its reversal.
-_SYNTHESIZERS: dict[str, tuple[Callable[..., np.ndarray], bool]] = {
+_SYNTHESIZERS: dict[str, tuple[Synthesizer, bool]] = {
     "chirp_up": (_chirp, False),
     "chirp_down": (_chirp, True),
     "tones_low_high": (_tone_pair, False),
@@ -243,8 +251,14 @@ def _noise(n: int, rng: np.random.Generator) -> np.ndarray:
     return white / np.sqrt(np.mean(white**2))
 
 
-def synthesize_clip(class_name: str, config: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
-    """One float32 clip of ``class_name`` with random gain, timing, pitch, tempo and noise."""
+def synthesize_clip(
+    class_name: str, config: SyntheticConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """One float32 clip of ``class_name`` with random gain, timing, pitch, tempo and noise.
+
+    The noise power is set from the clip-average signal power and an SNR drawn from
+    ``config.snr_db``; the clip is then scaled to a random peak level below 0 dBFS.
+    """
     if class_name not in _SYNTHESIZERS:
         raise ConfigError(f"unknown synthetic class {class_name!r}; known: {list(CLASS_NAMES)}")
     synthesize, reverse = _SYNTHESIZERS[class_name]
@@ -281,46 +295,56 @@ def _is_complete(out_dir: Path, config: SyntheticConfig) -> bool:
         return False
 
 
+def _write_manifest(out_dir: Path, rows: list[tuple[str, str, str]]) -> Path:
+    """Write ``manifest.csv`` atomically (through a temporary file)."""
+    partial = out_dir / (MANIFEST_NAME + ".partial")
+    with partial.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "split"])
+        writer.writerows(rows)
+    manifest_path = out_dir / MANIFEST_NAME
+    os.replace(partial, manifest_path)
+    return manifest_path
+
+
 def generate_dataset(
     out_dir: Path | None = None, config: SyntheticConfig | None = None, progress: bool = True
 ) -> Path:
     """Write the synthetic dataset (WAV clips + ``manifest.csv``) and return the manifest path.
 
     ``out_dir`` defaults to ``default_cache_root()/synthetic-<config hash>``. An existing
-    dataset with the same settings is reused; a different or incomplete one is replaced.
-    The manifest is written last, so an interrupted generation is never reused.
+    dataset with the same settings (``dataset.json``) is reused; otherwise the ``clips``
+    folder and manifest are replaced. The manifest is written last, so an interrupted
+    generation is never reused.
     """
     config = config or SyntheticConfig()
-    out_dir = Path(out_dir) if out_dir is not None else (
-        default_cache_root() / f"synthetic-{config.short_hash()}"
-    )
-    manifest_path = out_dir / MANIFEST_NAME
+    if out_dir is None:
+        out_dir = default_cache_root() / f"synthetic-{config.short_hash()}"
+    out_dir = Path(out_dir)
     if _is_complete(out_dir, config):
-        return manifest_path
+        return out_dir / MANIFEST_NAME
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path.unlink(missing_ok=True)
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
     shutil.rmtree(out_dir / CLIPS_DIR, ignore_errors=True)
 
+    jobs = [
+        (class_index, class_name, clip_index)
+        for class_index, (class_name, count) in enumerate(
+            zip(config.class_names, config.class_counts(), strict=True)
+        )
+        for clip_index in range(count)
+    ]
     relative_paths: list[str] = []
-    labels: list[str] = []
-    counts = config.class_counts()
-    with tqdm(total=sum(counts), desc="Synthesizing clips", unit="clip", disable=not progress) as bar:
-        for class_index, (class_name, count) in enumerate(zip(config.class_names, counts, strict=True)):
-            for clip_index in range(count):
-                rng = np.random.default_rng([config.seed, class_index, clip_index])
-                relative = f"{CLIPS_DIR}/{class_name}/{class_name}_{clip_index:05d}.wav"
-                write_wav(out_dir / relative, synthesize_clip(class_name, config, rng), config.sample_rate)
-                relative_paths.append(relative)
-                labels.append(class_name)
-                bar.update(1)
+    for class_index, class_name, clip_index in tqdm(
+        jobs, desc="Synthesizing clips", unit="clip", disable=not progress
+    ):
+        rng = np.random.default_rng([config.seed, class_index, clip_index])
+        relative = f"{CLIPS_DIR}/{class_name}/{class_name}_{clip_index:05d}.wav"
+        write_wav(out_dir / relative, synthesize_clip(class_name, config, rng), config.sample_rate)
+        relative_paths.append(relative)
 
+    labels = [class_name for _, class_name, _ in jobs]
     splits = stratified_split(labels, config.val_fraction, config.test_fraction, config.seed)
     (out_dir / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
-    partial = out_dir / (MANIFEST_NAME + ".partial")
-    with partial.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "split"])
-        writer.writerows(zip(relative_paths, labels, splits, strict=True))
-    os.replace(partial, manifest_path)
-    return manifest_path
+    return _write_manifest(out_dir, list(zip(relative_paths, labels, splits, strict=True)))

@@ -1,4 +1,4 @@
-"""Reading real audio files: bad inputs raise DataError, good ones come back mono at the target rate."""
+"""Reading real audio files: bad input raises DataError, good input comes back mono, resampled."""
 
 from __future__ import annotations
 

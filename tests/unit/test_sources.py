@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from mlflow_audiodiag.data.audio_io import write_wav
 from mlflow_audiodiag.data.sources import (
@@ -73,7 +74,10 @@ def test_manifest_with_empty_split_column_is_split_automatically(tmp_path: Path)
         ("file,label\na.wav,x\n", r"line 1: header .* lacks the column\(s\) \['path'\]"),
         ("path,label\na.wav,x\nb.wav,\n", r"line 3: the label of b\.wav is empty"),
         ("path,label\na.wav,x\n  ,y\n", r"line 3: the path is blank"),
-        ("path,label\na.wav,x\nb.wav,y\n./a.wav,z\n", r"line 4: \./a\.wav is listed again .*line 2"),
+        (
+            "path,label\na.wav,x\nb.wav,y\n./a.wav,z\n",
+            r"line 4: \./a\.wav is listed again .*line 2",
+        ),
         ("path,label,split\na.wav,x,train\nb.wav,y,\n", r"split column is empty .*lines 3\)"),
         ("path,label,split\na.wav,x,train\nb.wav,y,holdout\n", r"line 3: split 'holdout'"),
         ("path,label\n", r"has no clip rows"),
@@ -86,6 +90,13 @@ def test_manifest_errors_name_the_line(tmp_path: Path, content: str, expected: s
     assert "bad.csv" in str(error.value)
 
 
+def test_manifest_that_is_not_text(tmp_path: Path) -> None:
+    manifest = tmp_path / "binary.csv"
+    manifest.write_bytes(b"path,label\n\xff\xfe\x00,x\n")
+    with pytest.raises(DataError, match="binary.csv is not a readable UTF-8 CSV"):
+        read_manifest(manifest)
+
+
 # --- folder per class -------------------------------------------------------------------
 
 
@@ -93,7 +104,8 @@ def test_class_folders_are_scanned_recursively(tmp_path: Path) -> None:
     for label in ("cat", "dog"):
         for i in range(5):
             make_wav(tmp_path / label / f"{i}.wav")
-    make_wav(tmp_path / "dog" / "nested" / "deep.wav").rename(tmp_path / "dog" / "nested" / "x.flac")
+    (tmp_path / "dog" / "nested").mkdir()
+    sf.write(tmp_path / "dog" / "nested" / "deep.FLAC", np.full(800, 0.1), 16000, format="FLAC")
     (tmp_path / "cat" / "notes.txt").write_text("not audio")
     clips = scan_class_folders(tmp_path)
     assert clips["label"].value_counts().to_dict() == {"dog": 6, "cat": 5}
