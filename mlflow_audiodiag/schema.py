@@ -42,3 +42,41 @@ ARTIFACT_SKIPPED: Final = "data/skipped_files.csv"
 ARTIFACT_CONFUSION_CSV: Final = "evaluation/confusion_matrix.csv"
 ARTIFACT_CONFUSION_PNG: Final = "evaluation/confusion_matrix.png"
 ARTIFACT_MODEL: Final = "model"
+
+# --- Training monitor (mlflow_audiodiag.monitoring) -------------------------------------------
+# Per optimizer step (step = global step, counted from 1):
+METRIC_STEP_LOSS: Final = "train/step_loss"
+GRAD_NORM_PREFIX: Final = "grad_norm/"  # + group name, or "total" (before clipping)
+UPDATE_RATIO_PREFIX: Final = "update_ratio/"  # + group name: ||dW|| / ||W|| per step
+LR_PREFIX: Final = "lr/"  # + optimizer param-group name (or index)
+METRIC_NONFINITE_GRADS: Final = "nonfinite/grads"  # tensors with a non-finite gradient norm
+METRIC_NONFINITE_LOSS: Final = "nonfinite/loss"  # cumulative count of non-finite losses
+FROZEN_FRACTION_PREFIX: Final = "frozen_fraction/"  # + group name, logged once
+
+# Per split and stage ("raw" before normalization, "normalized" after), logged once:
+FEATURES_PREFIX: Final = "features/"  # features/<stage>/<split>/<statistic>
+# feature_shift/<stage>/<split>_vs_train_smd_{max,mean}: standardized train-vs-split shift
+FEATURE_SHIFT_PREFIX: Final = "feature_shift/"
+LABELS_PREFIX: Final = "labels/"  # labels/<split>/<statistic>
+AUDIO_PREFIX: Final = "audio/"  # audio/<split>/{silent_fraction,clipped_fraction,...}
+
+# Per epoch (step = epoch) on the validation split:
+VAL_PRED_PREFIX: Final = "val_pred/"  # top_class_fraction, hist_entropy, mean_entropy, ...
+VAL_PRED_COUNT_PREFIX: Final = "val_pred_count/"  # + class name
+VAL_RECALL_PREFIX: Final = "val_recall/"  # + class name
+ATTENTION_ENTROPY_PREFIX: Final = "attention_entropy/layer"  # + layer index
+
+ARTIFACT_DIR_MONITOR: Final = "monitor"
+ARTIFACT_FEATURE_TABLE: Final = "monitor/features_{stage}_{split}.csv"
+ARTIFACT_FEATURE_SUMMARY: Final = "monitor/features.json"
+ARTIFACT_FEATURE_PLOT: Final = "monitor/features_{stage}.png"
+ARTIFACT_LABEL_SUMMARY: Final = "monitor/labels.json"
+ARTIFACT_LABEL_TABLE: Final = "monitor/labels.csv"
+ARTIFACT_LABEL_PLOT: Final = "monitor/labels.png"
+ARTIFACT_PREDICTIONS: Final = "monitor/val_predictions.json"
+ARTIFACT_PARAMETER_GROUPS: Final = "monitor/parameter_groups.json"
+
+
+def metric_safe(name: str) -> str:
+    """``name`` with characters MLflow rejects in metric keys replaced by ``_``."""
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from mlflow_audiodiag.data.audio_io import read_audio
+from mlflow_audiodiag.data.audio_io import clip_levels, read_audio
 from mlflow_audiodiag.data.splits import SPLITS, check_label_coverage
 from mlflow_audiodiag.errors import DataError
 from mlflow_audiodiag.features.config import FeatureConfig
@@ -30,7 +30,7 @@ from mlflow_audiodiag.features.waveform import fix_length
 
 logger = logging.getLogger(__name__)
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 _BATCH = 64
 
 
@@ -52,6 +52,8 @@ class SplitFeatures:
     paths: list[str]
     labels: np.ndarray
     features: np.ndarray
+    levels: np.ndarray
+    """Per clip as decoded: ``[rms_dbfs, peak_dbfs, full_scale_share]``."""
     waveforms: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -125,6 +127,7 @@ def _compute(
     extractor = FeatureExtractor(config)
     skipped: list[SkippedFile] = []
     kept_rows: list[tuple[str, str, str]] = []
+    levels: list[tuple[float, float, float]] = []
     cropped = 0
     bar = tqdm(total=len(table), desc="Extracting features", unit="clip", disable=not progress)
     for split in SPLITS:
@@ -159,6 +162,7 @@ def _compute(
                     ) from error
                 skipped.append(SkippedFile(path, label, split, str(error)))
                 continue
+            levels.append(clip_levels(wave))
             if len(wave) > config.num_samples:
                 cropped += 1
             wave = fix_length(wave, config.num_samples)
@@ -196,6 +200,7 @@ def _compute(
         "format": _CACHE_FORMAT,
         "classes": classes,
         "rows": kept_rows,
+        "levels": levels,
         "skipped": [asdict(s) for s in skipped],
         "cropped_clips": cropped,
         "waveform_splits": list(waveform_splits),
@@ -216,6 +221,7 @@ def _load(cache_dir: Path) -> FeatureStore:
     classes = index["classes"]
     class_index = {name: i for i, name in enumerate(classes)}
     rows = pd.DataFrame(index["rows"], columns=["path", "label", "split"])
+    levels = np.asarray(index["levels"], dtype=np.float64).reshape(-1, 3)
     splits: dict[str, SplitFeatures] = {}
     for split in SPLITS:
         part = rows[rows["split"] == split]
@@ -226,7 +232,9 @@ def _load(cache_dir: Path) -> FeatureStore:
         waves_path = cache_dir / f"{split}_waveforms.npy"
         waves = np.load(waves_path, mmap_mode="r")[:count] if waves_path.exists() else None
         labels = np.array([class_index[label] for label in part["label"]], dtype=np.int64)
-        splits[split] = SplitFeatures(split, part["path"].tolist(), labels, features, waves)
+        splits[split] = SplitFeatures(
+            split, part["path"].tolist(), labels, features, levels[part.index], waves
+        )
     skipped = [SkippedFile(**s) for s in index["skipped"]]
     return FeatureStore(classes, splits, skipped, index["cropped_clips"], cache_dir)
 

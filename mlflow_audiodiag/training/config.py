@@ -12,6 +12,7 @@ from mlflow_audiodiag.features.augment import AugmentConfig
 from mlflow_audiodiag.features.config import FeatureConfig
 from mlflow_audiodiag.features.normalization import NORMALIZATION_MODES, NormalizationMode
 from mlflow_audiodiag.model.transformer import ModelConfig
+from mlflow_audiodiag.monitoring.monitor import MonitorConfig
 
 OnBadFile = Literal["error", "skip"]
 ClassBalance = Literal["none", "weighted_loss", "balanced_sampler"]
@@ -83,7 +84,7 @@ class OptimConfig:
 class LoopConfig:
     """Epochs, batching, class balancing, early stopping and determinism."""
 
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 32
     class_balance: ClassBalance = "none"
     early_stopping_patience: int = 0
@@ -114,6 +115,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -153,10 +155,16 @@ _SECTION_TYPES: dict[str, type] = {
     "model": ModelConfig,
     "optim": OptimConfig,
     "loop": LoopConfig,
+    "monitor": MonitorConfig,
 }
 
 # Flat option names that would otherwise be ambiguous or unclear on the command line.
-_RENAMED = {("features", "kind"): "feature_kind"}
+_RENAMED = {
+    ("features", "kind"): "feature_kind",
+    ("monitor", "every_n_steps"): "monitor_every_n_steps",
+    ("monitor", "buffer_steps"): "monitor_buffer_steps",
+    ("monitor", "flush_interval_s"): "monitor_flush_interval_s",
+}
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from mlflow_audiodiag.features.augment import SpecAugment, mixup
 from mlflow_audiodiag.features.extractor import FeatureExtractor
 from mlflow_audiodiag.features.normalization import FeatureNormalizer
+from mlflow_audiodiag.monitoring.monitor import TrainingMonitor
 from mlflow_audiodiag.training.config import TrainConfig
 from mlflow_audiodiag.training.metrics import ClassificationScores, classification_scores
 from mlflow_audiodiag.training.optim import LRSchedule, build_optimizer
@@ -30,6 +31,7 @@ class SplitResult:
     scores: ClassificationScores
     targets: np.ndarray
     predictions: np.ndarray
+    logits: np.ndarray | None = None
 
     def metrics(self) -> dict[str, float]:
         return {"loss": self.loss, **self.scores.as_dict()}
@@ -80,6 +82,11 @@ class Trainer:
         self.class_weights = None if class_weights is None else class_weights.to(self.device)
         self.optimizer = build_optimizer(model, config.optim)
         self.generator = torch.Generator().manual_seed(config.loop.seed)
+        self.monitor: TrainingMonitor | None = None
+
+    def attach(self, monitor: TrainingMonitor) -> None:
+        """Records gradient, update, learning-rate and loss signals through ``monitor``."""
+        self.monitor = monitor
 
     def to_features(self, inputs: torch.Tensor) -> torch.Tensor:
         """Normalized features for a batch of waveforms ``[B, S]`` or features ``[B, F, T]``."""
@@ -100,7 +107,8 @@ class Trainer:
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
         alpha = self.config.augment.mixup_alpha
-        total_loss, seen = 0.0, 0
+        monitor = self.monitor
+        total_loss, seen = torch.zeros((), device=self.device), 0
         targets_all, predictions_all = [], []
         bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")
         for inputs, targets in bar:
@@ -111,30 +119,36 @@ class Trainer:
             loss = lam * self.loss(logits, targets_a) + (1.0 - lam) * self.loss(logits, targets_b)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if monitor is not None:
+                monitor.after_backward(loss)
             if self.config.optim.grad_clip > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
             self.optimizer.step()
+            if monitor is not None:
+                monitor.after_step()
             schedule.step_batch()
             batch = targets.shape[0]
-            total_loss += loss.item() * batch
+            total_loss += loss.detach() * batch
             seen += batch
-            targets_all.append(targets.cpu().numpy())
-            predictions_all.append(logits.argmax(dim=1).cpu().numpy())
-        return self._result(total_loss / seen, targets_all, predictions_all)
+            targets_all.append(targets)
+            predictions_all.append(logits.detach().argmax(dim=1))
+        return self._result(total_loss.item() / seen, targets_all, predictions_all)
 
     @torch.no_grad()
     def evaluate(self, loader: DataLoader) -> SplitResult:
         self.model.eval()
-        total_loss, seen = 0.0, 0
-        targets_all, predictions_all = [], []
+        total_loss, seen = torch.zeros((), device=self.device), 0
+        targets_all, logits_all = [], []
         for inputs, targets in loader:
             targets = targets.to(self.device)
             logits = self.model(self.to_features(inputs))
-            total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
+            total_loss += F.cross_entropy(logits, targets, reduction="sum")
             seen += targets.shape[0]
-            targets_all.append(targets.cpu().numpy())
-            predictions_all.append(logits.argmax(dim=1).cpu().numpy())
-        return self._result(total_loss / seen, targets_all, predictions_all)
+            targets_all.append(targets)
+            logits_all.append(logits)
+        logits_np = torch.cat(logits_all).float().cpu().numpy()
+        predictions = [torch.from_numpy(logits_np.argmax(axis=1))]
+        return self._result(total_loss.item() / seen, targets_all, predictions, logits_np)
 
     def fit(
         self,
@@ -179,11 +193,17 @@ class Trainer:
         self.model.load_state_dict(best_state)
         return best
 
-    def _result(self, loss: float, targets: list, predictions: list) -> SplitResult:
-        targets_np = np.concatenate(targets)
-        predictions_np = np.concatenate(predictions)
+    def _result(
+        self,
+        loss: float,
+        targets: list[torch.Tensor],
+        predictions: list[torch.Tensor],
+        logits: np.ndarray | None = None,
+    ) -> SplitResult:
+        targets_np = torch.cat(targets).cpu().numpy()
+        predictions_np = torch.cat(predictions).cpu().numpy()
         scores = classification_scores(targets_np, predictions_np, self.n_classes)
-        return SplitResult(loss, scores, targets_np, predictions_np)
+        return SplitResult(loss, scores, targets_np, predictions_np, logits)
 
 
 def _better(candidate: SplitResult, incumbent: SplitResult) -> bool:

@@ -19,6 +19,7 @@ from mlflow_audiodiag.features.extractor import FeatureExtractor
 from mlflow_audiodiag.features.normalization import FeatureNormalizer, fit_normalization
 from mlflow_audiodiag.features.store import FeatureStore, SplitFeatures, build_feature_store
 from mlflow_audiodiag.model.transformer import AudioTransformer
+from mlflow_audiodiag.monitoring.monitor import TrainingMonitor
 from mlflow_audiodiag.training import artifacts
 from mlflow_audiodiag.training.config import TrainConfig
 from mlflow_audiodiag.training.dataset_source import resolve_clip_table
@@ -35,6 +36,7 @@ from mlflow_audiodiag.training.metrics import majority_fraction
 logger = logging.getLogger(__name__)
 
 _NORMALIZATION_CHUNK = 256
+_PROBE_CLIPS = 16
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,29 @@ def _train_logged(config, store, source, stats, train_split, val_split, n_classe
     mlflow.log_params(config.to_params())
     mlflow.set_tags({schema.TAG_DATA_SOURCE: source, schema.TAG_PACKAGE_VERSION: __version__})
     artifacts.log_dataset_summary(config, store, stats)
+
+    extractor = FeatureExtractor(config.features)
+    normalizer = FeatureNormalizer(stats)
+    model = AudioTransformer(
+        config.features.n_bins, config.features.n_frames, n_classes, config.model
+    )
     counts = class_counts(train_split.labels, n_classes)
-    mlflow.log_metrics(
+    class_weights = None
+    if config.loop.class_balance == "weighted_loss":
+        class_weights = torch.as_tensor(counts.sum() / (n_classes * counts), dtype=torch.float32)
+    trainer = Trainer(model, extractor, normalizer, config, n_classes, class_weights, device)
+    monitor = TrainingMonitor(trainer.model, trainer.optimizer, config=config.monitor)
+    trainer.attach(monitor)
+    try:
+        return _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split)
+    finally:
+        if not monitor.close():
+            logger.error("some monitor points were not delivered; see the spool file above")
+
+
+def _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split) -> dict:
+    n_classes = len(store.classes)
+    monitor.log_metrics(
         {
             schema.METRIC_MAJORITY_BASELINE: majority_fraction(
                 val_split.labels, train_split.labels, n_classes
@@ -123,18 +146,13 @@ def _train_logged(config, store, source, stats, train_split, val_split, n_classe
                 f"{schema.METRIC_CLIPS_PREFIX}{name}": len(split)
                 for name, split in store.splits.items()
             },
-        }
+        },
+        step=0,
     )
-
-    extractor = FeatureExtractor(config.features)
-    normalizer = FeatureNormalizer(stats)
-    model = AudioTransformer(
-        config.features.n_bins, config.features.n_frames, n_classes, config.model
+    _log_dataset_signals(monitor, store, trainer.normalizer)
+    monitor.set_attention_probe(
+        trainer.normalizer(torch.from_numpy(np.array(val_split.features[:_PROBE_CLIPS])))
     )
-    class_weights = None
-    if config.loop.class_balance == "weighted_loss":
-        class_weights = torch.as_tensor(counts.sum() / (n_classes * counts), dtype=torch.float32)
-    trainer = Trainer(model, extractor, normalizer, config, n_classes, class_weights, device)
 
     loop = config.loop
     if config.augment.uses_waveform:
@@ -156,34 +174,37 @@ def _train_logged(config, store, source, stats, train_split, val_split, n_classe
         num_workers=loop.num_workers,
         sampler=sampler,
     )
-    val_loader = make_loader(
-        CachedFeatureDataset(val_split), loop.batch_size * 2, shuffle=False, seed=loop.seed
-    )
+    val_loader = _eval_loader(val_split, config)
 
-    fit = trainer.fit(train_loader, val_loader, on_epoch_end=_log_epoch)
-    mlflow.log_metrics(
-        {
-            schema.METRIC_BEST_EPOCH: fit.best_epoch,
-            schema.METRIC_BEST_VAL_ACCURACY: fit.best_val.scores.accuracy,
-            schema.METRIC_STOPPED_EARLY: float(fit.stopped_early),
-        }
-    )
+    def on_epoch_end(result: EpochResult) -> None:
+        monitor.end_epoch(
+            result.epoch,
+            result.val.targets,
+            result.val.logits,
+            classes=store.classes,
+            metrics=_epoch_metrics(result),
+        )
 
+    fit = trainer.fit(train_loader, val_loader, on_epoch_end=on_epoch_end)
+    summary = {
+        schema.METRIC_BEST_EPOCH: fit.best_epoch,
+        schema.METRIC_BEST_VAL_ACCURACY: fit.best_val.scores.accuracy,
+        schema.METRIC_STOPPED_EARLY: float(fit.stopped_early),
+    }
     test_split = store.split(schema.SPLIT_TEST)
     final: SplitResult = fit.best_val
     test_accuracy = None
     if test_split is not None:
-        final = trainer.evaluate(
-            make_loader(
-                CachedFeatureDataset(test_split), loop.batch_size * 2, shuffle=False, seed=loop.seed
-            )
-        )
-        mlflow.log_metrics(_prefixed(schema.SPLIT_TEST, final.metrics()))
+        final = trainer.evaluate(_eval_loader(test_split, config))
+        summary.update(_prefixed(schema.SPLIT_TEST, final.metrics()))
         test_accuracy = final.scores.accuracy
+    monitor.log_metrics(summary, step=fit.best_epoch)
     artifacts.log_confusion_matrix(
         final, store.classes, schema.SPLIT_TEST if test_split is not None else schema.SPLIT_VAL
     )
-    artifacts.log_model(extractor, normalizer, trainer.model, store.classes, config.features)
+    artifacts.log_model(
+        trainer.extractor, trainer.normalizer, trainer.model, store.classes, config.features
+    )
     return {
         "best_epoch": fit.best_epoch,
         "best_val_accuracy": fit.best_val.scores.accuracy,
@@ -192,14 +213,42 @@ def _train_logged(config, store, source, stats, train_split, val_split, n_classe
     }
 
 
-def _log_epoch(result: EpochResult) -> None:
-    metrics = {
+def _log_dataset_signals(
+    monitor: TrainingMonitor, store: FeatureStore, normalizer: FeatureNormalizer
+) -> None:
+    """Label histograms and feature statistics of every split, before and after
+    normalization (streamed in chunks)."""
+    for name, split in store.splits.items():
+        monitor.log_dataset(
+            name,
+            split.labels,
+            store.classes,
+            features=_feature_chunks(split),
+            stage="raw",
+            levels=split.levels,
+        )
+        normalized = (normalizer(chunk) for chunk in _feature_chunks(split))
+        monitor.log_dataset(
+            name, split.labels, store.classes, features=normalized, stage="normalized"
+        )
+
+
+def _eval_loader(split: SplitFeatures, config: TrainConfig):
+    return make_loader(
+        CachedFeatureDataset(split),
+        config.loop.batch_size * 2,
+        shuffle=False,
+        seed=config.loop.seed,
+    )
+
+
+def _epoch_metrics(result: EpochResult) -> dict[str, float]:
+    return {
         **_prefixed(schema.SPLIT_TRAIN, result.train.metrics()),
         **_prefixed(schema.SPLIT_VAL, result.val.metrics()),
         schema.METRIC_LR: result.lr,
         schema.METRIC_EPOCH_SECONDS: result.seconds,
     }
-    mlflow.log_metrics(metrics, step=result.epoch)
 
 
 def _prefixed(split: str, metrics: dict[str, float]) -> dict[str, float]:
@@ -209,8 +258,3 @@ def _prefixed(split: str, metrics: dict[str, float]) -> dict[str, float]:
 def _feature_chunks(split: SplitFeatures):
     for start in range(0, len(split), _NORMALIZATION_CHUNK):
         yield torch.from_numpy(np.array(split.features[start : start + _NORMALIZATION_CHUNK]))
-
-
-def describe_store(store: FeatureStore) -> str:
-    sizes = ", ".join(f"{name}={len(split)}" for name, split in store.splits.items())
-    return f"{len(store.classes)} classes; clips {sizes}"

@@ -1,0 +1,1 @@
+"""Training-time diagnostics: gradient, update, data, prediction and attention signals."""

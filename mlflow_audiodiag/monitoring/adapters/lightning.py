@@ -1,0 +1,225 @@
+"""``AudioDiagCallback``: the training monitor as a Lightning callback.
+
+    trainer = Trainer(logger=MLFlowLogger(...), callbacks=[AudioDiagCallback(classes=names)])
+
+The run is the ``MLFlowLogger``'s run when the trainer has one, otherwise the active MLflow run
+(``with mlflow.start_run(): trainer.fit(...)``). Per optimizer step it records gradient norms
+(before Lightning's gradient clipping), update ratios, learning rates and the step loss; per
+validation epoch, prediction statistics. For the latter ``validation_step`` must return the
+batch's logits and integer targets::
+
+    def validation_step(self, batch, batch_idx):
+        features, targets = batch
+        logits = self(features)
+        return {"logits": logits, "targets": targets}
+
+Limits: one optimizer (``trainer.optimizers[0]``) is monitored; under distributed training
+only global rank 0 records, and its validation predictions are its own shard; with
+``val_check_interval < 1`` several validations share one epoch's step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import mlflow
+import torch
+from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from mlflow_audiodiag.monitoring.groups import ParameterGroups
+from mlflow_audiodiag.monitoring.monitor import MonitorConfig, TrainingMonitor
+
+logger = logging.getLogger(__name__)
+
+
+class AudioDiagCallback(pl.Callback):
+    """Records the diagnostics of :class:`TrainingMonitor` during ``Trainer.fit``.
+
+    Args:
+        classes: class names, in label order, for the validation prediction statistics.
+        groups: parameter groups (a :class:`ParameterGroups` or ``{"group": [prefixes]}`` over
+            the LightningModule's parameter names); default: the default grouping of the
+            wrapped model when the LightningModule holds a single model.
+        config: recording settings.
+        logits_key, targets_key: keys of ``validation_step``'s output; ``logits_key=None``
+            turns validation prediction statistics off.
+    """
+
+    def __init__(
+        self,
+        classes: Sequence[str] | None = None,
+        groups: ParameterGroups | dict[str, list[str]] | None = None,
+        config: MonitorConfig | None = None,
+        *,
+        logits_key: str | None = "logits",
+        targets_key: str = "targets",
+    ) -> None:
+        super().__init__()
+        self.classes = list(classes) if classes is not None else None
+        self.groups = groups
+        self.config = config
+        self.logits_key = logits_key
+        self.targets_key = targets_key
+        self.monitor: TrainingMonitor | None = None
+        self._last_global_step = 0
+        self._window_loss: torch.Tensor | None = None
+        self._val_logits: list[torch.Tensor] = []
+        self._val_targets: list[torch.Tensor] = []
+        self._reported_epoch: int | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_train_start, not on_fit_start: a resumed global_step is restored in between.
+        if not trainer.is_global_zero or self.monitor is not None:
+            return
+        if not trainer.optimizers:
+            raise RuntimeError("AudioDiagCallback needs an optimizer (configure_optimizers)")
+        run_id, client = _resolve_run(trainer)
+        self.monitor = TrainingMonitor(
+            pl_module,
+            trainer.optimizers[0],
+            run_id=run_id,
+            groups=self.groups if self.groups is not None else _default_groups(pl_module),
+            config=self.config,
+            client=client,
+        )
+        self.monitor.step = trainer.global_step  # step numbers continue after a resume
+        self._last_global_step = trainer.global_step
+        self._window_loss = None
+        self._reported_epoch = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._close()
+
+    # -- steps ---------------------------------------------------------------------------
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        # Lightning calls this after the (accumulated) backward passes and AMP unscaling,
+        # before gradient clipping.
+        if self.monitor is not None and optimizer is self.monitor.optimizer:
+            self.monitor.after_backward()
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self.monitor is None:
+            return
+        loss = _loss(outputs)
+        if loss is not None and pl_module.automatic_optimization and self._window_loss is not None:
+            # Lightning divides each micro-batch loss by accumulate_grad_batches: their sum over
+            # the accumulation window is the mean loss of the step.
+            loss = self._window_loss + loss
+        self._window_loss = loss
+        if trainer.global_step != self._last_global_step:  # the optimizer stepped
+            self._last_global_step = trainer.global_step
+            self.monitor.after_step(self._window_loss)
+            self._window_loss = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Epochs without validation still flush their step signals.
+        epoch = trainer.current_epoch + 1
+        if self.monitor is not None and self._reported_epoch != epoch:
+            self.monitor.end_epoch(epoch)
+            self._reported_epoch = epoch
+
+    # -- validation ----------------------------------------------------------------------
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._val_logits, self._val_targets = [], []
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self.logits_key is None or dataloader_idx != 0:
+            return
+        if not isinstance(outputs, Mapping) or not {self.logits_key, self.targets_key} <= set(
+            outputs
+        ):
+            raise ValueError(
+                f"AudioDiagCallback: validation_step must return a dict with "
+                f"{self.logits_key!r} and {self.targets_key!r} (got {type(outputs).__name__}); "
+                "pass logits_key=None to record no validation predictions"
+            )
+        if self.monitor is None or trainer.sanity_checking:
+            return
+        self._val_logits.append(torch.as_tensor(outputs[self.logits_key]).detach())
+        self._val_targets.append(torch.as_tensor(outputs[self.targets_key]).detach())
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.monitor is None or trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch + 1
+        if self._val_logits:
+            logits = torch.cat([t.reshape(t.shape[0], -1) for t in self._val_logits])
+            targets = torch.cat([t.reshape(-1) for t in self._val_targets])
+            self.monitor.end_epoch(epoch, targets, logits, classes=self.classes)
+        else:
+            self.monitor.end_epoch(epoch)
+        self._reported_epoch = epoch
+        self._val_logits, self._val_targets = [], []
+
+    # -- internals -----------------------------------------------------------------------
+    def _close(self) -> None:
+        monitor, self.monitor = self.monitor, None
+        if monitor is not None and not monitor.close():
+            logger.warning("AudioDiagCallback: not every metric point reached MLflow")
+
+
+def _resolve_run(trainer: pl.Trainer) -> tuple[str, MlflowClient | None]:
+    """The MLFlowLogger's run (with a client for its tracking URI), else the active run."""
+    for candidate in trainer.loggers:
+        if isinstance(candidate, MLFlowLogger):
+            run_id = candidate.run_id
+            if run_id is None:
+                raise RuntimeError("AudioDiagCallback: the MLFlowLogger has no run")
+            return run_id, MlflowClient(tracking_uri=candidate.experiment.tracking_uri)
+    active = mlflow.active_run()
+    if active is None:
+        raise RuntimeError(
+            "AudioDiagCallback needs an MLflow run: give the Trainer an MLFlowLogger or call "
+            "trainer.fit(...) inside `with mlflow.start_run():`"
+        )
+    return active.info.run_id, None
+
+
+def _default_groups(model: nn.Module) -> ParameterGroups:
+    """Default grouping of the single child that holds all of ``model``'s parameters, if any
+    (a LightningModule wrapping a model), else of ``model`` itself."""
+    children = [c for _, c in model.named_children() if next(c.parameters(), None) is not None]
+    if len(children) == 1 and _numel(children[0]) == _numel(model):
+        return _default_groups(children[0])
+    return ParameterGroups.default(model)
+
+
+def _numel(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _loss(outputs: Any) -> torch.Tensor | None:
+    """The loss in a ``training_step`` output: a tensor, or a mapping with ``"loss"``."""
+    if isinstance(outputs, Mapping):
+        outputs = outputs.get("loss")
+    if isinstance(outputs, torch.Tensor) and outputs.numel() == 1:
+        return outputs.detach().reshape(())
+    return None

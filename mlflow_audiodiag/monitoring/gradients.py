@@ -1,0 +1,230 @@
+"""Per-group gradient norms and update-to-weight ratios, recorded without host syncs.
+
+A step costs a few fused ``torch._foreach_*`` kernels and one ``torch.stack`` into a row of a
+preallocated device buffer: the L2 norm of every tracked gradient and the norms of every group's
+weights and update. :meth:`GradientTracker.drain` moves the finished rows to the host in one
+transfer and combines them there, vectorised over steps, into group norms, totals and ratios.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlflow_audiodiag.monitoring.groups import ParameterGroups
+
+EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """Signals of one optimizer step; ``step`` counts the tracker's ``after_step`` calls from 0.
+
+    ``metrics`` uses relative names: ``grad_norm/<group>``, ``grad_norm/total``,
+    ``nonfinite_grads`` and ``update_ratio/<group>``.
+    """
+
+    step: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    rows: torch.Tensor  # host copy; on CUDA it may still be in flight until a sync
+    first_step: int
+    has_grads: list[bool]
+    has_updates: list[bool]
+
+
+class GradientTracker:
+    """Per step: per-group and total gradient L2 norms (before any clipping), the number of
+    parameter tensors whose gradient norm is not finite, and per-group update-to-weight ratios
+    ``||W_after - W_before|| / ||W_before||``.
+
+    Call :meth:`after_backward` after the (last) backward of a step, :meth:`before_step` before
+    ``optimizer.step()`` and :meth:`after_step` after it. None of them waits for the device:
+    results stay in a device buffer of ``capacity`` rows until :meth:`drain`; a full buffer is
+    queued for the host with an asynchronous copy.
+
+    Update ratios need a copy of the weights and two more passes over them, the costliest part
+    on CPU; ``update_interval=k`` measures them on every k-th step only, ``track_updates=False``
+    not at all (the records of those steps have no ``update_ratio/*`` entries).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        groups: ParameterGroups,
+        capacity: int = 256,
+        track_updates: bool = True,
+        update_interval: int = 1,
+    ) -> None:
+        if capacity <= 0 or update_interval <= 0:
+            raise ValueError(
+                f"capacity and update_interval must be positive, got {capacity}, {update_interval}"
+            )
+        self.model = model
+        self.groups = groups
+        self.capacity = capacity
+        self.track_updates = track_updates
+        self.update_interval = update_interval
+        self.group_names = list(groups)
+        self._params = groups.parameters()
+        sizes = [len(groups[name]) for name in self.group_names]
+        self._bounds = np.cumsum([0, *sizes]).tolist()  # group i: tensors bounds[i]:bounds[i+1]
+        self._steps = 0
+        self._row = 0
+        self._has_grads = [False] * capacity
+        self._has_updates = [False] * capacity
+        self._grad_norms: list[torch.Tensor] | None = None
+        self._weight_norms: list[torch.Tensor] | None = None
+        self._chunks: list[_Chunk] = []
+        self._allocate()
+
+    @property
+    def steps(self) -> int:
+        """Number of completed steps (``after_step`` calls)."""
+        return self._steps
+
+    def after_backward(self) -> None:
+        """Gradient norm of every tracked tensor; a missing ``.grad`` counts as zero."""
+        self._check_device()
+        zero = self._zero
+        grads = [zero if p.grad is None else p.grad for p in self._params]
+        self._grad_norms = torch._foreach_norm(grads) if grads else []
+
+    def before_step(self) -> None:
+        """Snapshots the tracked parameters when this step's update is measured."""
+        if not self.track_updates or self._steps % self.update_interval:
+            return
+        self._check_device()
+        with torch.no_grad():
+            if self._params:
+                torch._foreach_copy_(self._snapshot, self._params)
+            self._weight_norms = self._slice_norms()
+
+    def after_step(self) -> None:
+        """Writes this step's row and advances to the next one."""
+        self._check_device()
+        grads, weights = self._grad_norms, self._weight_norms
+        self._grad_norms = self._weight_norms = None
+        if weights is not None:
+            with torch.no_grad():
+                if self._params:
+                    torch._foreach_sub_(self._snapshot, self._params)  # W_before - W_after
+                updates = self._slice_norms()
+        n_groups = len(self.group_names)
+        values = [
+            *(grads if grads is not None else self._zeros[: len(self._params)]),
+            *(weights if weights is not None else self._zeros[:n_groups]),
+            *(updates if weights is not None else self._zeros[:n_groups]),
+        ]
+        row = self._rows[self._row]
+        if self._exact_dtype and values:
+            torch.stack(values, out=row)
+        elif values:
+            row.copy_(torch.stack([v.float() for v in values]))
+        self._has_grads[self._row] = grads is not None
+        self._has_updates[self._row] = weights is not None
+        self._steps += 1
+        self._row += 1
+        if self._row == self.capacity:
+            self._flush()
+
+    def drain(self) -> list[StepRecord]:
+        """Every step finished since the last drain, oldest first."""
+        self._flush()
+        chunks, self._chunks = self._chunks, []
+        if not chunks:
+            return []
+        if any(chunk.rows.is_pinned() for chunk in chunks):
+            torch.cuda.synchronize()  # completes the asynchronous copies
+        rows = np.concatenate([chunk.rows.numpy() for chunk in chunks]).astype(np.float64)
+        first = chunks[0].first_step
+        has_grads = [flag for chunk in chunks for flag in chunk.has_grads]
+        has_updates = [flag for chunk in chunks for flag in chunk.has_updates]
+        columns = self._columns(rows)
+        names = list(columns)
+        n_grad = len(self.group_names) + 2  # grad norms, total, non-finite count come first
+        records = []
+        for i, values in enumerate(np.stack(list(columns.values()), axis=1).tolist()):
+            start = 0 if has_grads[i] else n_grad
+            stop = len(names) if has_updates[i] else n_grad
+            selected = zip(names[start:stop], values[start:stop], strict=True)
+            records.append(StepRecord(first + i, dict(selected)))
+        return records
+
+    def _columns(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Group norms, total, non-finite count and update ratios of rows ``[steps, columns]``."""
+        n_params = len(self._params)
+        squares = np.square(rows[:, :n_params])
+        out: dict[str, np.ndarray] = {}
+        for name, start, stop in zip(
+            self.group_names, self._bounds[:-1], self._bounds[1:], strict=True
+        ):
+            out[f"grad_norm/{name}"] = np.sqrt(squares[:, start:stop].sum(axis=1))
+        out["grad_norm/total"] = np.sqrt(squares.sum(axis=1))
+        out["nonfinite_grads"] = (~np.isfinite(rows[:, :n_params])).sum(axis=1).astype(float)
+        n_groups = len(self.group_names)
+        weights = rows[:, n_params : n_params + n_groups]
+        updates = rows[:, n_params + n_groups :]
+        with np.errstate(invalid="ignore", over="ignore"):
+            ratios = updates / np.maximum(weights, EPS)
+        for i, name in enumerate(self.group_names):
+            out[f"update_ratio/{name}"] = ratios[:, i]
+        return out
+
+    def _slice_norms(self) -> list[torch.Tensor]:
+        return list(torch._foreach_norm(self._group_slices)) if self._group_slices else []
+
+    def _flush(self) -> None:
+        """Queues the finished rows for the host (asynchronously on CUDA) and rewinds."""
+        if self._row == 0:
+            return
+        n, rows = self._row, self._buffer[: self._row]
+        pinned = rows.device.type == "cuda"
+        host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=pinned)
+        host.copy_(rows, non_blocking=pinned)
+        self._chunks.append(
+            _Chunk(host, self._steps - n, self._has_grads[:n], self._has_updates[:n])
+        )
+        self._row = 0
+
+    def _check_device(self) -> None:
+        if self._params and self._params[0].device != self._device:
+            self._flush()
+            self._allocate()
+
+    def _allocate(self) -> None:
+        devices = {p.device for p in self._params}
+        if len(devices) > 1:
+            names = ", ".join(sorted(map(str, devices)))
+            raise ValueError(f"tracked parameters are on several devices: {names}")
+        device = devices.pop() if devices else torch.device("cpu")
+        dtypes = [p.dtype for p in self._params] or [torch.float32]
+        dtype = functools.reduce(torch.promote_types, dtypes)
+        n_params, n_groups = len(self._params), len(self.group_names)
+        self._device = device
+        # Columns: the norm of every tracked gradient, then per group the weight norm before
+        # the step and the update norm.
+        self._buffer = torch.zeros(self.capacity, n_params + 2 * n_groups, device=device)
+        self._rows = list(self._buffer.unbind(0))
+        self._exact_dtype = set(dtypes) == {torch.float32}
+        self._zero = torch.zeros(1, dtype=dtypes[0], device=device)
+        self._zeros = list(torch.zeros(max(n_params, n_groups), device=device).unbind(0))
+        self._snapshot: list[torch.Tensor] = []
+        self._group_slices: list[torch.Tensor] = []
+        if self.track_updates:
+            # One flat buffer laid out group by group: the weight and update norms are then one
+            # norm per group instead of one per tensor.
+            numels = [p.numel() for p in self._params]
+            flat = torch.empty(sum(numels), dtype=dtype, device=device)
+            views = flat.split(numels)
+            self._snapshot = [v.view(p.shape) for v, p in zip(views, self._params, strict=True)]
+            sizes = [sum(p.numel() for _, p in self.groups[name]) for name in self.group_names]
+            self._group_slices = list(flat.split(sizes))
+        self._grad_norms = self._weight_norms = None

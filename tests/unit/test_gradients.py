@@ -1,0 +1,191 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlflow_audiodiag.model.transformer import AudioTransformer, ModelConfig
+from mlflow_audiodiag.monitoring.gradients import GradientTracker
+from mlflow_audiodiag.monitoring.groups import ParameterGroups
+
+
+def _model(seed: int = 0) -> AudioTransformer:
+    torch.manual_seed(seed)
+    return AudioTransformer(16, 40, 3, ModelConfig(dim=32, heads=2, layers=2, dropout=0.0))
+
+
+def _backward(model: nn.Module, seed: int = 0) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(4, 16, 40, generator=generator)
+    targets = torch.randint(0, 3, (4,), generator=generator)
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(features), targets).backward()
+
+
+def _group_grad_norm(groups: ParameterGroups, name: str) -> torch.Tensor:
+    grads = [p.grad.reshape(-1) for _, p in groups[name] if p.grad is not None]
+    return torch.linalg.vector_norm(torch.cat(grads)) if grads else torch.tensor(0.0)
+
+
+def test_group_norms_and_total_norm_before_clipping() -> None:
+    model = _model()
+    groups = ParameterGroups.default(model)
+    tracker = GradientTracker(model, groups)
+    _backward(model)
+    tracker.after_backward()
+    expected = {name: _group_grad_norm(groups, name).item() for name in groups}
+    total = nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e-3).item()
+    tracker.after_step()
+    (record,) = tracker.drain()
+    assert record.step == 0
+    for name, value in expected.items():
+        assert record.metrics[f"grad_norm/{name}"] == pytest.approx(value, rel=1e-5)
+    assert record.metrics["grad_norm/total"] == pytest.approx(total, rel=1e-6)
+    assert total > 1e-3  # clipping happened after the tracker read the norm
+    assert record.metrics["nonfinite_grads"] == 0.0
+
+
+def test_update_ratio_matches_an_explicit_computation() -> None:
+    model = _model()
+    groups = ParameterGroups.default(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    tracker = GradientTracker(model, groups)
+    _backward(model)
+    tracker.after_backward()
+    before = {name: [p.detach().clone() for _, p in params] for name, params in groups.items()}
+    tracker.before_step()
+    optimizer.step()
+    tracker.after_step()
+    (record,) = tracker.drain()
+    for name, params in groups.items():
+        old = torch.cat([t.reshape(-1) for t in before[name]])
+        new = torch.cat([p.detach().reshape(-1) for _, p in params])
+        ratio = (torch.linalg.vector_norm(new - old) / torch.linalg.vector_norm(old)).item()
+        assert ratio > 0
+        assert record.metrics[f"update_ratio/{name}"] == pytest.approx(ratio, rel=1e-4)
+
+
+def test_frozen_parameters_show_frozen_fraction_and_no_update() -> None:
+    model = _model()
+    for param in (*model.embedding.parameters(), model.cls_token, model.pos_embedding):
+        param.requires_grad_(False)
+    groups = ParameterGroups.default(model)
+    assert groups.frozen_fraction()["embedding"] == 1.0
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    frozen_before = model.pos_embedding.detach().clone()
+    tracker = GradientTracker(model, groups)
+    _backward(model)
+    tracker.after_backward()
+    tracker.before_step()
+    optimizer.step()
+    tracker.after_step()
+    (record,) = tracker.drain()
+    assert record.metrics["grad_norm/embedding"] == 0.0
+    assert record.metrics["update_ratio/embedding"] == 0.0
+    assert record.metrics["update_ratio/encoder.0"] > 0
+    assert torch.equal(model.pos_embedding, frozen_before)
+
+
+def test_nonfinite_gradients_are_counted_without_raising() -> None:
+    model = _model()
+    groups = ParameterGroups.default(model)
+    tracker = GradientTracker(model, groups)
+    _backward(model)
+    model.head.weight.grad[0, 0] = float("nan")
+    model.encoder.layers[0].linear1.bias.grad[1] = float("inf")
+    tracker.after_backward()
+    tracker.after_step()
+    (record,) = tracker.drain()
+    metrics = record.metrics
+    assert metrics["nonfinite_grads"] == 2.0
+    assert math.isnan(metrics["grad_norm/head"])
+    assert math.isinf(metrics["grad_norm/encoder.0"])
+    assert not math.isfinite(metrics["grad_norm/total"])
+    for name in ("embedding", "encoder.1"):
+        assert metrics[f"grad_norm/{name}"] == pytest.approx(
+            _group_grad_norm(groups, name).item(), rel=1e-5
+        )
+
+
+def test_missing_gradients_count_as_zero() -> None:
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(3, 2))
+    groups = ParameterGroups.default(model)
+    tracker = GradientTracker(model, groups)
+    model[0](torch.randn(5, 3)).sum().backward()  # model[1] gets no gradient
+    tracker.after_backward()
+    tracker.after_step()
+    (record,) = tracker.drain()
+    assert record.metrics["grad_norm/1"] == 0.0
+    assert record.metrics["grad_norm/0"] == pytest.approx(_group_grad_norm(groups, "0").item())
+
+
+def test_drain_returns_steps_in_order_across_automatic_drains() -> None:
+    model = _model()
+    groups = ParameterGroups.default(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    tracker = GradientTracker(model, groups, capacity=3)
+    totals = []
+    for step in range(7):
+        _backward(model, seed=step)
+        tracker.after_backward()
+        totals.append(nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e9).item())
+        tracker.before_step()
+        optimizer.step()
+        tracker.after_step()
+    _backward(model, seed=99)
+    tracker.after_backward()  # an unfinished step is not drained
+    records = tracker.drain()
+    assert [r.step for r in records] == list(range(7))
+    for record, total in zip(records, totals, strict=True):
+        assert record.metrics["grad_norm/total"] == pytest.approx(total, rel=1e-6)
+        assert record.metrics["update_ratio/head"] > 0
+    assert tracker.drain() == []
+    tracker.after_step()
+    assert [r.step for r in tracker.drain()] == [7]
+    assert tracker.steps == 8
+
+
+def test_update_tracking_can_be_skipped() -> None:
+    model = _model()
+    groups = ParameterGroups.default(model)
+    tracker = GradientTracker(model, groups, track_updates=False)
+    _backward(model)
+    tracker.after_backward()
+    tracker.before_step()
+    tracker.after_step()
+    tracked = GradientTracker(model, groups)
+    tracked.after_step()  # no before_step: no update ratio for this step
+    ((record,), (untracked,)) = tracker.drain(), tracked.drain()
+    assert not any(key.startswith("update_ratio/") for key in record.metrics)
+    assert "grad_norm/total" in record.metrics
+    assert untracked.metrics == {}
+
+
+def test_model_without_trainable_parameters() -> None:
+    model = nn.Sequential(nn.Linear(2, 2)).requires_grad_(False)
+    tracker = GradientTracker(model, ParameterGroups.default(model))
+    tracker.after_backward()
+    tracker.before_step()
+    tracker.after_step()
+    (record,) = tracker.drain()
+    assert record.metrics == {
+        "grad_norm/0": 0.0,
+        "grad_norm/total": 0.0,
+        "nonfinite_grads": 0.0,
+        "update_ratio/0": 0.0,
+    }
+
+
+def test_update_interval_measures_every_kth_step() -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    tracker = GradientTracker(model, ParameterGroups.default(model), update_interval=2)
+    for step in range(5):
+        _backward(model, seed=step)
+        tracker.after_backward()
+        tracker.before_step()
+        optimizer.step()
+        tracker.after_step()
+    measured = [r.step for r in tracker.drain() if "update_ratio/head" in r.metrics]
+    assert measured == [0, 2, 4]
