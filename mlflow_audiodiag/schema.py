@@ -49,8 +49,9 @@ METRIC_STEP_LOSS: Final = "train/step_loss"
 GRAD_NORM_PREFIX: Final = "grad_norm/"  # + group name, or "total" (before clipping)
 UPDATE_RATIO_PREFIX: Final = "update_ratio/"  # + group name: ||dW|| / ||W|| per step
 LR_PREFIX: Final = "lr/"  # + optimizer param-group name (or index)
-METRIC_NONFINITE_GRADS: Final = "nonfinite/grads"  # tensors with a non-finite gradient norm
-METRIC_NONFINITE_LOSS: Final = "nonfinite/loss"  # cumulative count of non-finite losses
+# Cumulative counts, logged once per buffer drain (at its last step):
+METRIC_NONFINITE_GRADS: Final = "nonfinite/grads"  # gradient tensors with a non-finite norm
+METRIC_NONFINITE_LOSS: Final = "nonfinite/loss"  # steps with a non-finite loss
 FROZEN_FRACTION_PREFIX: Final = "frozen_fraction/"  # + group name, logged once
 
 # Per split and stage ("raw" before normalization, "normalized" after), logged once:

@@ -59,6 +59,7 @@ class MonitorConfig:
     every_n_steps: int = 1
     buffer_steps: int = 256
     track_updates: bool = True
+    update_interval: int = 1
     attention_probe_size: int = 16
     flush_interval_s: float = 5.0
 
@@ -112,6 +113,7 @@ class TrainingMonitor:
             self.groups,
             capacity=self.config.buffer_steps,
             track_updates=self.config.track_updates,
+            update_interval=self.config.update_interval,
         )
         self.sink = sink or DurableMetricLogger(
             run_id, self.client, SinkConfig(flush_interval_s=self.config.flush_interval_s)
@@ -122,6 +124,7 @@ class TrainingMonitor:
         self._pending_lrs: list[dict[str, float]] = []
         self._recording = False
         self._nonfinite_losses = 0
+        self._nonfinite_grads = 0
         self._feature_stats: dict[tuple[str, str], FeatureStats] = {}
         self._label_stats: dict[str, LabelStats] = {}
         self._predictions: list[dict[str, Any]] = []
@@ -292,7 +295,12 @@ class TrainingMonitor:
         losses = torch.stack(self._pending_losses).cpu().numpy() if self._pending_losses else None
         for index, record in enumerate(records):
             step = self._recorded_steps[index]
-            metrics = {_signal_key(key): value for key, value in record.metrics.items()}
+            metrics = {}
+            for key, value in record.metrics.items():
+                if key == "nonfinite_grads":
+                    self._nonfinite_grads += int(value)
+                else:
+                    metrics[_signal_key(key)] = value
             if index < len(self._pending_lrs):
                 metrics.update(self._pending_lrs[index])
             if losses is not None and index < len(losses):
@@ -301,8 +309,15 @@ class TrainingMonitor:
                     metrics[schema.METRIC_STEP_LOSS] = loss
                 else:
                     self._nonfinite_losses += 1
-                metrics[schema.METRIC_NONFINITE_LOSS] = self._nonfinite_losses
             self.sink.log_many(metrics, step=step)
+        if records:  # cumulative counts, once per drain rather than once per step
+            self.sink.log_many(
+                {
+                    schema.METRIC_NONFINITE_GRADS: self._nonfinite_grads,
+                    schema.METRIC_NONFINITE_LOSS: self._nonfinite_losses,
+                },
+                step=self._recorded_steps[len(records) - 1],
+            )
         self._recorded_steps = self._recorded_steps[len(records) :]
         self._pending_lrs = self._pending_lrs[len(records) :]
         self._pending_losses = []
@@ -357,8 +372,6 @@ def _signal_key(relative: str) -> str:
         return schema.GRAD_NORM_PREFIX + relative.removeprefix("grad_norm/")
     if relative.startswith("update_ratio/"):
         return schema.UPDATE_RATIO_PREFIX + relative.removeprefix("update_ratio/")
-    if relative == "nonfinite_grads":
-        return schema.METRIC_NONFINITE_GRADS
     return relative
 
 
