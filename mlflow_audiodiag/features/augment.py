@@ -47,6 +47,7 @@ class AugmentConfig:
     n_freq_masks: int = 1
     n_time_masks: int = 2
     mixup_alpha: float = 0.0
+    resampled_variants: int = 4
 
     def __post_init__(self) -> None:
         for name in _PROBABILITIES:
@@ -68,6 +69,11 @@ class AugmentConfig:
             value = getattr(self, name)
             if value < 0:
                 raise ConfigError(f"augment {name} must be >= 0, got {value}")
+        if self.resampled_variants < 0:
+            raise ConfigError(
+                "augment resampled_variants must be >= 0 (0 = stretch/pitch on the fly), "
+                f"got {self.resampled_variants}"
+            )
         if self.stretch_rate[0] <= 0:
             raise ConfigError(
                 f"augment stretch_rate must be positive (1.0 = unchanged), got {self.stretch_rate}"
@@ -79,6 +85,11 @@ class AugmentConfig:
         return any(
             p > 0 for p in (self.noise_p, self.gain_p, self.shift_p, self.stretch_p, self.pitch_p)
         )
+
+    @property
+    def uses_resampling(self) -> bool:
+        """Whether the expensive librosa ops (time-stretch, pitch-shift) can fire."""
+        return self.stretch_p > 0 or self.pitch_p > 0
 
     @property
     def uses_spectrogram(self) -> bool:
@@ -120,12 +131,24 @@ class WaveformAugmenter:
             )
         if not np.all(np.isfinite(wave)):
             raise DataError("waveform contains NaN/inf samples; fix or drop the source clip")
+        return self.perturb(self.resample(wave, rng), rng)
+
+    def resample(self, wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The expensive ops only: time stretch and pitch shift, each with its probability.
+
+        Their results can be computed ahead of training (see :mod:`.variants`)."""
         cfg = self.config
         out = np.asarray(wave, dtype=np.float32)
         if rng.random() < cfg.stretch_p:
             out = self.time_stretch(out, rng.uniform(*cfg.stretch_rate))
         if rng.random() < cfg.pitch_p:
             out = self.pitch_shift(out, rng.uniform(*cfg.pitch_semitones))
+        return out
+
+    def perturb(self, wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The cheap ops: time shift, gain and noise, each with its probability."""
+        cfg = self.config
+        out = np.asarray(wave, dtype=np.float32)
         if rng.random() < cfg.shift_p:
             max_shift = int(round(cfg.shift_max_s * self.sample_rate))
             if max_shift > 0:

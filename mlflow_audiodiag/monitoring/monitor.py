@@ -330,9 +330,7 @@ class TrainingMonitor:
         self._log_now(
             {schema.FROZEN_FRACTION_PREFIX + name: value for name, value in frozen.items()}
         )
-        (self._artifact_dir / "parameter_groups.json").write_text(
-            json.dumps(self.groups.describe(), indent=2)
-        )
+        _write_json(self._artifact_dir, schema.ARTIFACT_PARAMETER_GROUPS, self.groups.describe())
 
     def _class_names(self, logits: ArrayLike) -> list[str]:
         return [str(i) for i in range(_to_numpy(logits).shape[1])]
@@ -340,30 +338,44 @@ class TrainingMonitor:
     def _write_artifacts(self) -> None:
         out = self._artifact_dir
         if self._label_stats:
-            (out / "labels.json").write_text(
-                json.dumps({s: st.to_dict() for s, st in self._label_stats.items()}, indent=2)
+            _write_json(
+                out,
+                schema.ARTIFACT_LABEL_SUMMARY,
+                {s: st.to_dict() for s, st in self._label_stats.items()},
             )
             _concat_tables({s: st.table() for s, st in self._label_stats.items()}).to_csv(
-                out / "labels.csv", index=False
+                out / _name(schema.ARTIFACT_LABEL_TABLE), index=False
             )
-            plots.label_histograms(self._label_stats).savefig(out / "labels.png", dpi=100)
+            plots.label_histograms(self._label_stats).savefig(
+                out / _name(schema.ARTIFACT_LABEL_PLOT), dpi=100
+            )
         if self._feature_stats:
             summary = {
                 f"{stage}/{split}": st.metrics()
                 for (stage, split), st in self._feature_stats.items()
             }
-            (out / "features.json").write_text(json.dumps(summary, indent=2))
+            _write_json(out, schema.ARTIFACT_FEATURE_SUMMARY, summary)
             for (stage, split), stats in self._feature_stats.items():
-                stats.table().to_csv(out / f"features_{stage}_{split}.csv", index=False)
+                table = _name(schema.ARTIFACT_FEATURE_TABLE.format(stage=stage, split=split))
+                stats.table().to_csv(out / table, index=False)
             for stage in sorted({stage for stage, _ in self._feature_stats}):
                 per_split = {
                     split: st for (stg, split), st in self._feature_stats.items() if stg == stage
                 }
                 plots.feature_statistics(per_split, stage).savefig(
-                    out / f"features_{stage}.png", dpi=100
+                    out / _name(schema.ARTIFACT_FEATURE_PLOT.format(stage=stage)), dpi=100
                 )
         if self._predictions:
-            (out / "val_predictions.json").write_text(json.dumps(self._predictions, indent=2))
+            _write_json(out, schema.ARTIFACT_PREDICTIONS, self._predictions)
+
+
+def _name(artifact_path: str) -> str:
+    """File name of a ``monitor/...`` artifact inside the monitor's local folder."""
+    return Path(artifact_path).name
+
+
+def _write_json(folder: Path, artifact_path: str, payload: object) -> None:
+    (folder / _name(artifact_path)).write_text(json.dumps(payload, indent=2))
 
 
 def _signal_key(relative: str) -> str:

@@ -28,14 +28,23 @@ class AugmentedWaveformDataset(Dataset):
 
     The random draws for a clip depend only on ``(seed, epoch, index)``, so results do not
     change with the number of DataLoader workers. Call :meth:`set_epoch` before each epoch.
+    With ``variants`` (``[clips, k, samples]``, precomputed stretch/pitch draws) a random
+    variant replaces the expensive ops and only the cheap ones run per epoch.
     """
 
-    def __init__(self, split: SplitFeatures, augmenter: WaveformAugmenter, seed: int) -> None:
+    def __init__(
+        self,
+        split: SplitFeatures,
+        augmenter: WaveformAugmenter,
+        seed: int,
+        variants: np.ndarray | None = None,
+    ) -> None:
         if split.waveforms is None:
             raise ValueError(f"split {split.name!r} was cached without waveforms")
         self.split = split
         self.augmenter = augmenter
         self.seed = seed
+        self.variants = variants
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -46,7 +55,11 @@ class AugmentedWaveformDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        wave = self.augmenter(np.array(self.split.waveforms[index]), rng)
+        if self.variants is not None:
+            variant = np.array(self.variants[index, rng.integers(self.variants.shape[1])])
+            wave = self.augmenter.perturb(variant, rng)
+        else:
+            wave = self.augmenter(np.array(self.split.waveforms[index]), rng)
         return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), int(
             self.split.labels[index]
         )

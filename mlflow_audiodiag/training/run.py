@@ -18,6 +18,7 @@ from mlflow_audiodiag.features.augment import WaveformAugmenter
 from mlflow_audiodiag.features.extractor import FeatureExtractor
 from mlflow_audiodiag.features.normalization import FeatureNormalizer, fit_normalization
 from mlflow_audiodiag.features.store import FeatureStore, SplitFeatures, build_feature_store
+from mlflow_audiodiag.features.variants import resampled_variants
 from mlflow_audiodiag.model.transformer import AudioTransformer
 from mlflow_audiodiag.monitoring.monitor import TrainingMonitor
 from mlflow_audiodiag.training import artifacts
@@ -156,9 +157,13 @@ def _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split) -
 
     loop = config.loop
     if config.augment.uses_waveform:
-        train_dataset = AugmentedWaveformDataset(
-            train_split, WaveformAugmenter(config.augment, config.features.sample_rate), loop.seed
-        )
+        augmenter = WaveformAugmenter(config.augment, config.features.sample_rate)
+        variants = None
+        if config.augment.uses_resampling and config.augment.resampled_variants > 0:
+            variants = resampled_variants(
+                train_split.waveforms, augmenter, store.cache_dir, loop.seed, loop.progress
+            )
+        train_dataset = AugmentedWaveformDataset(train_split, augmenter, loop.seed, variants)
     else:
         train_dataset = CachedFeatureDataset(train_split)
     sampler = (

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from mlflow_audiodiag import schema
 from mlflow_audiodiag.data.audio_io import read_audio
 from mlflow_audiodiag.training.config import TrainConfig
+from mlflow_audiodiag.training.loop import Trainer
 from mlflow_audiodiag.training.run import train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -84,3 +85,30 @@ def test_skipped_files_are_logged_with_reasons(tracking_uri, tmp_path: Path) -> 
     assert client.get_run(result.run_id).data.metrics[schema.METRIC_SKIPPED_FILES] == 1
     listing = Path(client.download_artifacts(result.run_id, schema.ARTIFACT_SKIPPED)).read_text()
     assert str(bad) in listing and "not a readable audio file" in listing
+
+
+@pytest.mark.parametrize(
+    ("error", "status"), [(KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")]
+)
+def test_a_run_stopped_mid_training_keeps_its_points_and_status(
+    tracking_uri, monkeypatch, error, status
+) -> None:
+    evaluations = []
+    original = Trainer.evaluate
+
+    def stop_in_second_validation(self, loader):  # fault injection, like Ctrl-C mid-run
+        evaluations.append(1)
+        if len(evaluations) == 2:
+            raise error("stopped")
+        return original(self, loader)
+
+    monkeypatch.setattr(Trainer, "evaluate", stop_in_second_validation)
+    with pytest.raises(error):
+        train(TrainConfig.from_flat({**TINY, "epochs": 3}))
+    client = MlflowClient()
+    (run,) = client.search_runs(["0"])
+    assert run.info.status == status
+    steps_per_epoch = -(-int(run.data.metrics["data/clips_train"]) // TINY["batch_size"])
+    grad_steps = [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm/total")]
+    assert grad_steps == list(range(1, 2 * steps_per_epoch + 1))  # both epochs' steps arrived
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/accuracy")] == [1]

@@ -286,3 +286,32 @@ def test_config_flags_and_off() -> None:
     wave = _clip(0.1)
     out = WaveformAugmenter(off, SR)(wave, np.random.default_rng(0))
     np.testing.assert_array_equal(out, wave)
+
+
+def test_resampled_variants_are_cached_and_used_instead_of_librosa(tmp_path) -> None:
+    from mlflow_audiodiag.features.store import SplitFeatures
+    from mlflow_audiodiag.features.variants import resampled_variants
+    from mlflow_audiodiag.training.datasets import AugmentedWaveformDataset
+
+    rng = np.random.default_rng(0)
+    waves = (0.3 * rng.standard_normal((3, 4000))).astype(np.float32)
+    config = AugmentConfig(
+        stretch_p=1.0, pitch_p=1.0, noise_p=0.0, gain_p=0.0, shift_p=0.0, resampled_variants=2
+    )
+    augmenter = WaveformAugmenter(config, sample_rate=8000)
+    variants = resampled_variants(waves, augmenter, tmp_path, seed=0, progress=False)
+    assert variants.shape == (3, 2, 4000)
+    assert not np.allclose(variants[0, 0], variants[0, 1])  # independent draws
+    assert not np.allclose(variants[0, 0], waves[0])
+    stamp = next(tmp_path.glob("train_variants-*.npy")).stat().st_mtime_ns
+    again = resampled_variants(waves, augmenter, tmp_path, seed=0, progress=False)
+    np.testing.assert_array_equal(again, variants)
+    assert next(tmp_path.glob("train_variants-*.npy")).stat().st_mtime_ns == stamp
+
+    split = SplitFeatures(
+        "train", ["a", "b", "c"], np.array([0, 1, 0]), np.zeros((3, 2, 2)), np.zeros((3, 3)), waves
+    )
+    dataset = AugmentedWaveformDataset(split, augmenter, seed=0, variants=variants)
+    wave, label = dataset[1]
+    assert any(np.allclose(wave.numpy(), variants[1, k]) for k in range(2))
+    assert label == 1
