@@ -63,7 +63,18 @@ class ParameterGroups(Mapping[str, list[NamedParameter]]):
     @classmethod
     def default(cls, model: nn.Module) -> ParameterGroups:
         """Groups for :class:`AudioTransformer` (``embedding``, ``encoder.<i>``, ``head``), or
-        one group per top-level child with parameters plus ``other`` for any other model."""
+        one group per top-level child with parameters plus ``other`` for any other model.
+
+        A wrapper whose parameters all live in one child (a LightningModule or a Hugging Face
+        model around the network) is grouped as that child."""
+        children = [c for _, c in model.named_children() if next(c.parameters(), None) is not None]
+        if (
+            not _is_audio_transformer(model)
+            and len(children) == 1
+            and _numel(children[0]) == _numel(model)
+            and any(True for _ in children[0].named_children())
+        ):
+            return cls.default(children[0])
         names = {name for name, _ in model.named_parameters()}
         if _is_audio_transformer(model):
             layers = len(model.encoder.layers)
@@ -155,3 +166,7 @@ def _is_audio_transformer(model: nn.Module) -> bool:
         and hasattr(model, "head")
         and isinstance(getattr(encoder, "layers", None), nn.ModuleList)
     )
+
+
+def _numel(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -122,7 +122,7 @@ class AudioDiagTrainerCallback(TrainerCallback):
             model,
             optimizer,
             run_id=active.info.run_id,
-            groups=self.groups if self.groups is not None else _default_groups(model),
+            groups=self.groups,
             config=self.config,
         )
         self.monitor.step = state.global_step  # step numbers continue after a resume
@@ -184,16 +184,3 @@ def _first(values: Any) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().numpy()
     return np.asarray(values)
-
-
-def _default_groups(model: nn.Module) -> ParameterGroups:
-    """Default grouping of the single child that holds all of ``model``'s parameters, if any
-    (a wrapper around a model), else of ``model`` itself."""
-    children = [c for _, c in model.named_children() if next(c.parameters(), None) is not None]
-    if len(children) == 1 and _numel(children[0]) == _numel(model):
-        return _default_groups(children[0])
-    return ParameterGroups.default(model)
-
-
-def _numel(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -29,7 +29,6 @@ import mlflow
 import torch
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.tracking import MlflowClient
-from torch import nn
 
 from mlflow_audiodiag.monitoring.groups import ParameterGroups
 from mlflow_audiodiag.monitoring.monitor import MonitorConfig, TrainingMonitor
@@ -84,7 +83,7 @@ class AudioDiagCallback(pl.Callback):
             pl_module,
             trainer.optimizers[0],
             run_id=run_id,
-            groups=self.groups if self.groups is not None else _default_groups(pl_module),
+            groups=self.groups,
             config=self.config,
             client=client,
         )
@@ -201,19 +200,6 @@ def _resolve_run(trainer: pl.Trainer) -> tuple[str, MlflowClient | None]:
             "trainer.fit(...) inside `with mlflow.start_run():`"
         )
     return active.info.run_id, None
-
-
-def _default_groups(model: nn.Module) -> ParameterGroups:
-    """Default grouping of the single child that holds all of ``model``'s parameters, if any
-    (a LightningModule wrapping a model), else of ``model`` itself."""
-    children = [c for _, c in model.named_children() if next(c.parameters(), None) is not None]
-    if len(children) == 1 and _numel(children[0]) == _numel(model):
-        return _default_groups(children[0])
-    return ParameterGroups.default(model)
-
-
-def _numel(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def _loss(outputs: Any) -> torch.Tensor | None:

@@ -1,0 +1,185 @@
+"""Every threshold the diagnosis rules use, in one frozen dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Fields that must lie in [0, 1].
+_FRACTIONS = (
+    "flat_range",
+    "repeat_fraction",
+    "converged_accuracy",
+    "min_improvement",
+    "collapse_top_fraction",
+    "majority_tolerance",
+    "train_majority_fraction",
+    "recent_fraction",
+    "lr_active_fraction",
+    "loss_flat_change",
+    "frozen_fraction",
+    "overfit_gap",
+    "overfit_gap_growth",
+    "underfit_accuracy",
+    "chance_margin",
+    "attention_entropy_low",
+    "attention_entropy_high",
+)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Thresholds of the diagnosis rules. "Window" means the last ``window_epochs`` epochs;
+    "recent steps" the last ``recent_fraction`` of the recorded optimizer steps."""
+
+    # --- run length and validation plateau ---
+    # Fewer validation epochs than this: too short to judge (verdict "inconclusive").
+    min_epochs: int = 5
+    # Number of trailing epochs over which plateaus and late-training signals are judged.
+    window_epochs: int = 5
+    # Val accuracy with max - min over the window at or below this is flat by range.
+    flat_range: float = 0.01
+    # Val accuracy whose least-squares slope per epoch over the window is at or below this
+    # (in absolute value) is flat by slope.
+    flat_slope: float = 0.002
+    # Share of window epochs with exactly the same val accuracy at or above which it is flat.
+    repeat_fraction: float = 0.8
+    # Window-mean val accuracy at or above this is converged, not stagnant.
+    converged_accuracy: float = 0.9
+    # Best minus first val accuracy at or above this: the run improved.
+    min_improvement: float = 0.02
+
+    # --- class balance and prediction collapse ---
+    # Window-median share of val predictions in the most predicted class at or above this.
+    collapse_top_fraction: float = 0.9
+    # Val accuracy within this of the majority-guess accuracy equals the majority guess.
+    majority_tolerance: float = 0.02
+    # Train largest/smallest class count at or above this is imbalanced.
+    imbalance_ratio: float = 3.0
+    # Train share of the largest class at or above this is imbalanced.
+    train_majority_fraction: float = 0.7
+
+    # --- input features ---
+    # |mean| of the model's train input features above this: not zero-mean.
+    feature_mean_abs: float = 0.5
+    # Std of the model's train input features below this: not unit variance.
+    feature_std_low: float = 0.5
+    # Std of the model's train input features above this: not unit variance.
+    feature_std_high: float = 2.0
+    # Max - min of the model's train input features above this: outliers or a power scale.
+    feature_dynamic_range: float = 100.0
+    # Max - min of the raw (pre-normalization) train features above this: linear power scale.
+    raw_dynamic_range: float = 1e4
+    # Largest per-bin |standardized mean difference| val vs train at or above this: mismatch.
+    smd_max: float = 1.0
+    # Mean per-bin |standardized mean difference| val vs train at or above this: mismatch.
+    smd_mean: float = 0.5
+
+    # --- numerics and gradients ---
+    # Non-finite losses, gradients or feature values: counts above this fire.
+    nonfinite_count: float = 0.0
+    # Share of the latest recorded steps used for step-level statistics (and the early share).
+    recent_fraction: float = 0.25
+    # Recent median grad norm of the earliest group / latest group below this: vanishing.
+    vanishing_ratio: float = 1e-3
+    # Recent median grad norm of a trainable group below this: gradients are ~zero.
+    vanishing_norm: float = 1e-6
+    # Max / median of the total grad norm at or above this: gradient spike.
+    spike_ratio: float = 100.0
+    # Median total grad norm of the recent steps / the early steps at or above this: growing.
+    growth_ratio: float = 10.0
+    # Median total grad norm of the recent steps at or above this: exploding.
+    grad_norm_high: float = 1e3
+    # Last / first train loss at or above this: the loss blew up (divergence).
+    loss_blowup_ratio: float = 2.0
+
+    # --- learning rate and updates ---
+    # Median update/weight ratio ||dW||/||W|| below this (far below ~1e-3): LR too low.
+    update_ratio_low: float = 1e-4
+    # Median update/weight ratio at or above this (far above ~1e-2): LR too high.
+    update_ratio_high: float = 1e-1
+    # Median update/weight ratio of a group at or below this: the group is not updated.
+    update_ratio_zero: float = 1e-8
+    # Steps/epochs with an LR below this share of the peak LR (warmup start, annealed tail)
+    # are left out of update-ratio medians and of the plateau window.
+    lr_active_fraction: float = 0.1
+    # Relative drop of train loss from the first epoch to its minimum below this: loss flat.
+    loss_flat_change: float = 0.05
+    # Window-mean train loss / minimum train loss at or above this: loss rising.
+    loss_rise_ratio: float = 1.2
+    # Summed epoch-to-epoch increases of train loss over the window / first train loss at or
+    # above this: loss oscillating.
+    loss_oscillation: float = 0.1
+    # frozen_fraction of a group at or above this: the group is frozen.
+    frozen_fraction: float = 0.99
+
+    # --- generalization ---
+    # Window-mean train minus val accuracy at or above this: generalization gap.
+    overfit_gap: float = 0.1
+    # Growth of that gap from the first epochs to the window at or above this: gap growing.
+    overfit_gap_growth: float = 0.05
+    # Window-mean val loss / minimum val loss at or above this, train loss falling: overfit.
+    val_loss_rise_ratio: float = 1.25
+    # Window-mean train accuracy below this (and val too): underfitting.
+    underfit_accuracy: float = 0.7
+    # Best train accuracy at most this above the majority-guess share: cannot beat chance.
+    chance_margin: float = 0.05
+
+    # --- attention ---
+    # Window-median normalized attention entropy of a layer at or below this: collapsed.
+    attention_entropy_low: float = 0.05
+    # Window-median normalized attention entropy averaged over layers at or above this: uniform.
+    attention_entropy_high: float = 0.98
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"threshold {f.name} must be finite and >= 0, got {value}")
+        for name in ("min_epochs", "window_epochs"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"threshold {name} must be >= 2, got {getattr(self, name)}")
+        for name in _FRACTIONS:
+            if getattr(self, name) > 1:
+                raise ValueError(f"threshold {name} must be in [0, 1], got {getattr(self, name)}")
+        if self.feature_std_low > self.feature_std_high:
+            raise ValueError("feature_std_low must not exceed feature_std_high")
+        if self.attention_entropy_low > self.attention_entropy_high:
+            raise ValueError("attention_entropy_low must not exceed attention_entropy_high")
+
+    def to_dict(self) -> dict[str, float]:
+        """Every threshold by name (JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Thresholds:
+        """Defaults overridden by ``values`` (numbers or numeric strings, e.g. from JSON or a
+        command line); unknown names raise ``ValueError`` naming them."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ValueError(
+                f"unknown threshold(s): {', '.join(unknown)}; known: {', '.join(fields)}"
+            )
+        kwargs = {name: _coerce(name, fields[name].type, value) for name, value in values.items()}
+        return cls(**kwargs)
+
+
+DEFAULT_THRESHOLDS = Thresholds()
+
+
+def _coerce(name: str, type_name: Any, value: Any) -> float | int:
+    if isinstance(value, bool):
+        raise ValueError(f"threshold {name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold {name} must be a number, got {value!r}") from None
+    if type_name in (int, "int"):
+        if not number.is_integer():
+            raise ValueError(f"threshold {name} must be an integer, got {value!r}")
+        return int(number)
+    return number
