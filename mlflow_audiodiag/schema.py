@@ -81,3 +81,15 @@ ARTIFACT_PARAMETER_GROUPS: Final = "monitor/parameter_groups.json"
 def metric_safe(name: str) -> str:
     """``name`` with characters MLflow rejects in metric keys replaced by ``_``."""
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
+
+
+# --- Diagnosis (mlflow_audiodiag.diagnosis), written back to the diagnosed run -----------------
+TAG_VERDICT: Final = "audiodiag.verdict"  # healthy | stagnant | diverged | inconclusive
+TAG_PRIMARY_CAUSE: Final = "audiodiag.primary_cause"  # a finding code, or "none"
+TAG_FINDINGS: Final = "audiodiag.findings"  # comma-separated finding codes
+TAG_NOTE: Final = "mlflow.note.content"  # the run description MLflow's UI shows
+DIAGNOSIS_SCORE_PREFIX: Final = "diagnosis/score/"  # + finding code: strength of evidence 0..1
+METRIC_DIAGNOSIS_FINDINGS: Final = "diagnosis/n_findings"
+ARTIFACT_DIR_DIAGNOSIS: Final = "diagnosis"
+ARTIFACT_FINDINGS: Final = "diagnosis/findings.json"
+ARTIFACT_REPORT: Final = "diagnosis/report.html"

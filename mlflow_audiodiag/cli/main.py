@@ -17,7 +17,7 @@ from mlflow_audiodiag.cli.options import (
     training_values,
 )
 from mlflow_audiodiag.cli.tracking import check_tracking_server, run_page_hint
-from mlflow_audiodiag.errors import AudioDiagError
+from mlflow_audiodiag.errors import AudioDiagError, ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_source_options(train)
     add_training_options(train)
+
+    diagnose = commands.add_parser(
+        "diagnose",
+        help="diagnose a run: verdict, most likely cause, evidence and fix (written to the run)",
+    )
+    diagnose.add_argument("run_id", help="the MLflow run to diagnose")
+    diagnose.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
+    diagnose.add_argument(
+        "--fail-on",
+        action="append",
+        default=[],
+        choices=["stagnant", "diverged", "inconclusive", "healthy"],
+        help="exit with status 1 when the verdict is this one (repeatable)",
+    )
+    diagnose.add_argument(
+        "--no-write", action="store_true", help="only print; do not write back to the run"
+    )
+    diagnose.add_argument(
+        "--thresholds", type=Path, default=None, help="JSON file overriding detection thresholds"
+    )
     return parser
 
 
@@ -78,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "prepare-data":
             return _prepare_data(args)
+        if args.command == "diagnose":
+            return _diagnose(args)
         return _train(args)
     except AudioDiagError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -118,8 +140,37 @@ def _train(args: argparse.Namespace) -> int:
     print(f"validation accuracy: {result.best_val_accuracy:.4f} (best epoch {result.best_epoch})")
     if result.test_accuracy is not None:
         print(f"test accuracy:       {result.test_accuracy:.4f}")
+    if result.verdict is not None:
+        cause = f" (most likely cause: {result.primary_cause})" if result.primary_cause else ""
+        print(f"diagnosis:           {result.verdict}{cause}")
     print(f"open it:             {run_page_hint(result.experiment_id, result.run_id, uri)}")
     return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_audiodiag.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
+    from mlflow_audiodiag.diagnosis.writeback import diagnose_run, summary_markdown
+
+    check_tracking_server()
+    thresholds = DEFAULT_THRESHOLDS
+    if args.thresholds is not None:
+        try:
+            thresholds = Thresholds.from_dict(json.loads(args.thresholds.read_text()))
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot use thresholds file {args.thresholds}: {error}") from error
+    try:
+        diagnosis = diagnose_run(args.run_id, thresholds=thresholds, write=not args.no_write)
+    except MlflowException as error:
+        raise ConfigError(f"cannot diagnose run {args.run_id!r}: {error.message}") from error
+    if args.json:
+        print(json.dumps(diagnosis.to_dict(), indent=2))
+    else:
+        print(summary_markdown(diagnosis).replace("**", "").replace("`", ""))
+    return 1 if diagnosis.verdict in args.fail_on else 0
 
 
 if __name__ == "__main__":

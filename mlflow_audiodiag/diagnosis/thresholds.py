@@ -42,8 +42,7 @@ class Thresholds:
     window_epochs: int = 5
     # Val accuracy with max - min over the window at or below this is flat by range.
     flat_range: float = 0.01
-    # Val accuracy whose least-squares slope per epoch over the window is at or below this
-    # (in absolute value) is flat by slope.
+    # Val accuracy with |least-squares slope per epoch| over the window at or below this is flat.
     flat_slope: float = 0.002
     # Share of window epochs with exactly the same val accuracy at or above which it is flat.
     repeat_fraction: float = 0.8
@@ -81,7 +80,7 @@ class Thresholds:
     # --- numerics and gradients ---
     # Non-finite losses, gradients or feature values: counts above this fire.
     nonfinite_count: float = 0.0
-    # Share of the latest recorded steps used for step-level statistics (and the early share).
+    # Share of the recorded steps taken as "recent" (and as "early") in step-level statistics.
     recent_fraction: float = 0.25
     # Recent median grad norm of the earliest group / latest group below this: vanishing.
     vanishing_ratio: float = 1e-3
@@ -97,21 +96,19 @@ class Thresholds:
     loss_blowup_ratio: float = 2.0
 
     # --- learning rate and updates ---
-    # Median update/weight ratio ||dW||/||W|| below this (far below ~1e-3): LR too low.
+    # Fastest group's median update/weight ratio ||dW||/||W|| below this (<< ~1e-3): LR too low.
     update_ratio_low: float = 1e-4
-    # Median update/weight ratio at or above this (far above ~1e-2): LR too high.
-    update_ratio_high: float = 1e-1
+    # Fastest group's median update/weight ratio at or above this (>> ~1e-2): LR too high.
+    update_ratio_high: float = 5e-2
     # Median update/weight ratio of a group at or below this: the group is not updated.
     update_ratio_zero: float = 1e-8
-    # Steps/epochs with an LR below this share of the peak LR (warmup start, annealed tail)
-    # are left out of update-ratio medians and of the plateau window.
+    # Steps/epochs with LR below this share of its peak are left out (warmup start, annealed tail).
     lr_active_fraction: float = 0.1
     # Relative drop of train loss from the first epoch to its minimum below this: loss flat.
     loss_flat_change: float = 0.05
-    # Window-mean train loss / minimum train loss at or above this: loss rising.
+    # Window-median train loss / lowest train loss before the window at or above this: rising.
     loss_rise_ratio: float = 1.2
-    # Summed epoch-to-epoch increases of train loss over the window / first train loss at or
-    # above this: loss oscillating.
+    # Sum of epoch-to-epoch train-loss rises in the window / first train loss, at or above: wobbly.
     loss_oscillation: float = 0.1
     # frozen_fraction of a group at or above this: the group is frozen.
     frozen_fraction: float = 0.99

@@ -13,6 +13,7 @@ import torch
 
 from mlflow_audiodiag import __version__, schema
 from mlflow_audiodiag.data.synthetic import default_cache_root
+from mlflow_audiodiag.diagnosis.writeback import diagnose_run
 from mlflow_audiodiag.errors import DataError
 from mlflow_audiodiag.features.augment import WaveformAugmenter
 from mlflow_audiodiag.features.extractor import FeatureExtractor
@@ -50,6 +51,8 @@ class TrainResult:
     best_val_accuracy: float
     test_accuracy: float | None
     classes: list[str]
+    verdict: str | None = None
+    primary_cause: str | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -104,9 +107,27 @@ def train(config: TrainConfig, cache_root: Path | None = None) -> TrainResult:
         if active is None:
             mlflow.end_run(status="FAILED")
         raise
+    verdict, cause = _diagnose(run.info.run_id)
     if active is None:
         mlflow.end_run()
-    return TrainResult(run_id=run.info.run_id, experiment_id=run.info.experiment_id, **result)
+    return TrainResult(
+        run_id=run.info.run_id,
+        experiment_id=run.info.experiment_id,
+        verdict=verdict,
+        primary_cause=cause,
+        **result,
+    )
+
+
+def _diagnose(run_id: str) -> tuple[str | None, str | None]:
+    """Diagnoses the finished training and writes the result to the run; a failure here is
+    reported but never costs the trained run."""
+    try:
+        diagnosis = diagnose_run(run_id)
+    except Exception as error:
+        logger.error("could not diagnose run %s: %s", run_id, error)
+        return None, None
+    return diagnosis.verdict, diagnosis.primary_cause
 
 
 def _train_logged(config, store, source, stats, train_split, val_split, n_classes) -> dict:
