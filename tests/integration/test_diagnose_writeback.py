@@ -103,3 +103,23 @@ def test_diagnose_command_prints_json_and_fails_on_request(tracking_uri, tmp_pat
                              text=True, timeout=120, cwd=tmp_path)  # fmt: skip
     assert missing.returncode == 2
     assert "0123456789abcdef0123456789abcdef" in missing.stderr
+
+
+def test_mlflow_discovers_the_evaluator_plugin_and_evaluate_diagnoses_the_run(
+    tracking_uri,
+) -> None:
+    import pandas as pd
+    from mlflow.models.evaluation.evaluator_registry import _model_evaluation_registry
+
+    assert _model_evaluation_registry.is_registered("audiodiag")  # loaded from entry points
+    run_id = _log_stagnant_run("evaluated")
+    with mlflow.start_run(run_id=run_id):
+        result = mlflow.models.evaluate(
+            model=None,
+            data=pd.DataFrame({"x": [0.0]}),
+            model_type="audiodiag",
+            evaluators=["audiodiag"],
+        )
+    assert result.metrics[schema.METRIC_DIAGNOSIS_FINDINGS] >= 2
+    tags = MlflowClient().get_run(run_id).data.tags
+    assert tags[schema.TAG_VERDICT] == "stagnant"
