@@ -1,7 +1,8 @@
 """A hand-written PyTorch training loop over mlflow-audiodiag's data, features and model.
 
 It shows the pieces a user combines in their own script: the clip table, the feature cache,
-train-only normalization, augmentation, the transformer, and plain MLflow logging.
+train-only normalization, augmentation, the transformer, the training monitor and the
+diagnosis of the finished run.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import torch.nn.functional as F
 
 from mlflow_audiodiag.data.sources import load_clip_table
 from mlflow_audiodiag.data.synthetic import SyntheticConfig, default_cache_root, generate_dataset
+from mlflow_audiodiag.diagnosis.writeback import diagnose_run
 from mlflow_audiodiag.features.augment import AugmentConfig, SpecAugment
 from mlflow_audiodiag.features.config import FeatureConfig
 from mlflow_audiodiag.features.normalization import FeatureNormalizer, fit_normalization
 from mlflow_audiodiag.features.store import build_feature_store
 from mlflow_audiodiag.model.transformer import AudioTransformer, ModelConfig
+from mlflow_audiodiag.monitoring.monitor import TrainingMonitor
 
 
 def main() -> None:
@@ -55,8 +58,13 @@ def main() -> None:
     x_val = normalizer(torch.from_numpy(np.array(val.features)))
     y_val = torch.from_numpy(val.labels)
 
-    with mlflow.start_run():
+    with mlflow.start_run() as run:
         mlflow.log_params({"epochs": args.epochs, "lr": args.lr, "classes": len(store.classes)})
+        # 4. The monitor records the evidence a diagnosis needs, with a few explicit calls.
+        monitor = TrainingMonitor(model, optimizer)
+        monitor.log_dataset("train", y_train, store.classes, features=x_train)
+        monitor.log_dataset("val", y_val, store.classes, features=x_val)
+        monitor.set_attention_probe(x_val[:16])
         for epoch in range(1, args.epochs + 1):
             model.train()
             spec_augment.train()
@@ -67,21 +75,30 @@ def main() -> None:
                 loss = F.cross_entropy(model(spec_augment(x_train[batch])), y_train[batch])
                 optimizer.zero_grad()
                 loss.backward()
+                monitor.after_backward(loss)
                 optimizer.step()
-                losses.append(loss.item())
+                monitor.after_step()
+                losses.append(loss.detach())
             model.eval()
             with torch.no_grad():
                 val_logits = model(x_val)
             val_accuracy = (val_logits.argmax(1) == y_val).float().mean().item()
-            mlflow.log_metrics(
-                {
-                    "train/loss": float(np.mean(losses)),
+            monitor.end_epoch(
+                epoch,
+                y_val,
+                val_logits,
+                classes=store.classes,
+                metrics={
+                    "train/loss": torch.stack(losses).mean().item(),
                     "val/loss": F.cross_entropy(val_logits, y_val).item(),
                     "val/accuracy": val_accuracy,
                 },
-                step=epoch,
             )
             print(f"epoch {epoch}: val accuracy {val_accuracy:.3f}")
+        monitor.close()
+    # 5. The verdict, cause, evidence and fix, written back to the run.
+    diagnosis = diagnose_run(run.info.run_id)
+    print(f"diagnosis: {diagnosis.verdict} (most likely cause: {diagnosis.primary_cause})")
 
 
 if __name__ == "__main__":
