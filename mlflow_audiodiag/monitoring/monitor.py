@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,8 @@ class MonitorConfig:
     track_updates: bool = True
     update_interval: int = 1
     attention_probe_size: int = 16
+    live_check: bool = True
+    stop_on_stagnation: bool = False
     flush_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -130,6 +132,7 @@ class TrainingMonitor:
         self._predictions: list[dict[str, Any]] = []
         self._attention_inputs: torch.Tensor | None = None
         self._closed = False
+        self._epoch_hooks: list[Callable[[int, dict[str, float]], None]] = []
         self._artifact_dir = Path(tempfile.mkdtemp(prefix="audiodiag-monitor-"))
         self._log_parameter_groups()
 
@@ -193,6 +196,11 @@ class TrainingMonitor:
         smd = np.abs(standardized_mean_difference(reference, other))
         prefix = f"{schema.FEATURE_SHIFT_PREFIX}{stage}/{split}_vs_train_smd_"
         return {f"{prefix}max": float(np.nanmax(smd)), f"{prefix}mean": float(np.nanmean(smd))}
+
+    def add_epoch_hook(self, hook: Callable[[int, dict[str, float]], None]) -> None:
+        """``hook(epoch, metrics)`` runs at the end of every :meth:`end_epoch` with the
+        epoch's metrics (e.g. a live stagnation check)."""
+        self._epoch_hooks.append(hook)
 
     def set_attention_probe(self, inputs: torch.Tensor) -> None:
         """A fixed validation batch on which attention entropy is measured every epoch."""
@@ -258,6 +266,8 @@ class TrainingMonitor:
             for layer, value in enumerate(attention_entropy(self.model, self._attention_inputs)):
                 epoch_metrics[f"{schema.ATTENTION_ENTROPY_PREFIX}{layer}"] = value
         self.sink.log_many(epoch_metrics, step=epoch)
+        for hook in self._epoch_hooks:
+            hook(epoch, epoch_metrics)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Any other metrics, through the durable logger."""

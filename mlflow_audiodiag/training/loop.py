@@ -155,10 +155,12 @@ class Trainer:
         train_loader: DataLoader,
         val_loader: DataLoader,
         on_epoch_end: Callable[[EpochResult], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> FitResult:
         """Runs up to ``loop.epochs`` epochs and restores the best weights (by val accuracy,
         ties broken by val loss). Stops early after ``early_stopping_patience`` epochs in which
-        neither val accuracy nor val loss improved (0 disables early stopping)."""
+        neither val accuracy nor val loss improved (0 disables early stopping), or when
+        ``should_stop()`` says so after an epoch (e.g. confirmed stagnation)."""
         loop = self.config.loop
         schedule = LRSchedule(self.optimizer, self.config.optim, len(train_loader), loop.epochs)
         best: FitResult | None = None
@@ -186,7 +188,8 @@ class Trainer:
                 best.best_epoch, best.best_val = epoch, val
                 best_state = copy.deepcopy(self.model.state_dict())
             stale = 0 if (improved_acc or improved_loss) else stale + 1
-            if loop.early_stopping_patience and stale >= loop.early_stopping_patience:
+            patience_spent = loop.early_stopping_patience and stale >= loop.early_stopping_patience
+            if patience_spent or (should_stop is not None and should_stop()):
                 best.stopped_early = True
                 break
         assert best is not None

@@ -13,6 +13,7 @@ import torch
 
 from mlflow_audiodiag import __version__, schema
 from mlflow_audiodiag.data.synthetic import default_cache_root
+from mlflow_audiodiag.diagnosis.live import LiveStagnationCheck
 from mlflow_audiodiag.diagnosis.writeback import diagnose_run
 from mlflow_audiodiag.errors import DataError
 from mlflow_audiodiag.features.augment import WaveformAugmenter
@@ -211,7 +212,16 @@ def _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split) -
             metrics=_epoch_metrics(result),
         )
 
-    fit = trainer.fit(train_loader, val_loader, on_epoch_end=on_epoch_end)
+    live = None
+    if config.monitor.live_check:
+        live = LiveStagnationCheck(monitor.run_id, stop=config.monitor.stop_on_stagnation)
+        monitor.add_epoch_hook(live)
+    fit = trainer.fit(
+        train_loader,
+        val_loader,
+        on_epoch_end=on_epoch_end,
+        should_stop=(lambda: live.should_stop) if live is not None else None,
+    )
     summary = {
         schema.METRIC_BEST_EPOCH: fit.best_epoch,
         schema.METRIC_BEST_VAL_ACCURACY: fit.best_val.scores.accuracy,

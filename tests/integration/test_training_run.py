@@ -112,3 +112,17 @@ def test_a_run_stopped_mid_training_keeps_its_points_and_status(
     grad_steps = [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm/total")]
     assert grad_steps == list(range(1, 2 * steps_per_epoch + 1))  # both epochs' steps arrived
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/accuracy")] == [1]
+
+
+def test_live_check_tags_the_run_and_can_stop_a_stagnant_training(tracking_uri) -> None:
+    config = TrainConfig.from_flat(
+        {**TINY, "epochs": 20, "lr": 1e-8, "scheduler": "constant", "stop_on_stagnation": True}
+    )
+    result = train(config)
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.tags[schema.TAG_LIVE].startswith("stagnant at epoch")
+    assert run.data.tags[schema.TAG_STOP_REASON].startswith("stopped at epoch")
+    epochs = [m.step for m in MlflowClient().get_metric_history(result.run_id, "val/accuracy")]
+    assert len(epochs) < 20  # stopped once stagnation was confirmed
+    assert run.data.metrics[schema.METRIC_STOPPED_EARLY] == 1.0
+    assert run.data.tags[schema.TAG_VERDICT] == "stagnant"
