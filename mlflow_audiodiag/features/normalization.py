@@ -36,6 +36,27 @@ def _as_float64_array(batch: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(batch, dtype=np.float64)
 
 
+def merge_moments(
+    count_a: np.ndarray | float,
+    mean_a: np.ndarray,
+    m2_a: np.ndarray,
+    count_b: np.ndarray | float,
+    mean_b: np.ndarray,
+    m2_b: np.ndarray,
+) -> tuple[np.ndarray | float, np.ndarray, np.ndarray]:
+    """Chan et al.'s parallel combination of two ``(count, mean, M2)`` summaries, per bin.
+
+    Counts may differ per bin (arrays) or be shared (scalars); an empty side leaves the other
+    unchanged.
+    """
+    total = count_a + count_b
+    delta = mean_b - mean_a
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(total > 0, count_b / np.maximum(total, 1), 0.0)
+        cross = np.where(total > 0, delta**2 * count_a * count_b / np.maximum(total, 1), 0.0)
+    return total, mean_a + delta * share, m2_a + m2_b + cross
+
+
 class RunningFeatureStats:
     """Streaming per-bin mean/variance over feature batches ``[batch, n_bins, n_frames]``.
 
@@ -81,11 +102,9 @@ class RunningFeatureStats:
         if self._mean is None or self._m2 is None or self._count == 0:
             self._count, self._mean, self._m2 = batch_count, batch_mean, batch_m2
             return
-        total = self._count + batch_count
-        delta = batch_mean - self._mean
-        self._mean = self._mean + delta * (batch_count / total)
-        self._m2 = self._m2 + batch_m2 + delta**2 * (self._count * batch_count / total)
-        self._count = total
+        self._count, self._mean, self._m2 = merge_moments(
+            self._count, self._mean, self._m2, batch_count, batch_mean, batch_m2
+        )
 
     def _require_data(self) -> tuple[np.ndarray, np.ndarray]:
         if self._mean is None or self._m2 is None or self._count == 0:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mlflow_audiodiag.features.normalization import merge_moments
 from mlflow_audiodiag.schema import metric_safe
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence
@@ -168,13 +169,9 @@ class FeatureStatsAccumulator:
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(count > 0, clean.sum(axis=(0, 2)) / count, 0.0)
         m2 = (np.where(finite, values - mean[None, :, None], 0.0) ** 2).sum(axis=(0, 2))
-        total = self._count + count
-        delta = mean - self._mean
-        with np.errstate(invalid="ignore", divide="ignore"):
-            share = np.where(total > 0, count / total, 0.0)
-            self._m2 += m2 + np.where(total > 0, delta**2 * self._count * count / total, 0.0)
-        self._mean += delta * share
-        self._count = total
+        self._count, self._mean, self._m2 = merge_moments(
+            self._count, self._mean, self._m2, count, mean, m2
+        )
         self._min = np.minimum(self._min, np.where(finite, values, np.inf).min(axis=(0, 2)))
         self._max = np.maximum(self._max, np.where(finite, values, -np.inf).max(axis=(0, 2)))
         if self.silent_below is not None and values.shape[0]:
