@@ -34,7 +34,6 @@ METRIC_STOPPED_EARLY: Final = "train/stopped_early"
 TAG_DATA_SOURCE: Final = "audiodiag.data_source"
 TAG_PACKAGE_VERSION: Final = "audiodiag.version"
 
-ARTIFACT_DIR_DATA: Final = "data"
 ARTIFACT_CONFIG: Final = "config.json"
 ARTIFACT_NORMALIZATION: Final = "data/normalization.json"
 ARTIFACT_CLASSES: Final = "data/classes.json"
@@ -59,7 +58,7 @@ FEATURES_PREFIX: Final = "features/"  # features/<stage>/<split>/<statistic>
 # feature_shift/<stage>/<split>_vs_train_smd_{max,mean}: standardized train-vs-split shift
 FEATURE_SHIFT_PREFIX: Final = "feature_shift/"
 LABELS_PREFIX: Final = "labels/"  # labels/<split>/<statistic>
-AUDIO_PREFIX: Final = "audio/"  # audio/<split>/{silent_fraction,clipped_fraction,...}
+AUDIO_PREFIX: Final = "audio/"  # audio/<split>/<statistic>: silent/clipped fractions, levels
 
 # Per epoch (step = epoch) on the validation split:
 VAL_PRED_PREFIX: Final = "val_pred/"  # top_class_fraction, hist_entropy, mean_entropy, ...

@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from mlflow_audiodiag import schema
-from mlflow_audiodiag.data.audio_io import CLIPPED_SHARE, SILENCE_DBFS, clip_levels
+from mlflow_audiodiag.data.audio_io import clip_levels
 from mlflow_audiodiag.monitoring import plots
 from mlflow_audiodiag.monitoring.attention import attention_entropy
 from mlflow_audiodiag.monitoring.gradients import GradientTracker
@@ -43,6 +43,7 @@ from mlflow_audiodiag.monitoring.statistics import (
     FeatureStatsAccumulator,
     LabelStats,
     label_statistics,
+    level_statistics,
     prediction_statistics,
     standardized_mean_difference,
 )
@@ -162,7 +163,7 @@ class TrainingMonitor:
             levels = np.array([clip_levels(_to_numpy(w)) for w in waveforms]).reshape(-1, 3)
         if levels is not None:
             prefix = f"{schema.AUDIO_PREFIX}{split}/"
-            self._log_now(_prefixed(prefix, _level_metrics(_to_numpy(levels))))
+            self._log_now(_prefixed(prefix, level_statistics(levels).metrics()))
         labels_np = _to_numpy(labels).astype(np.int64)
         if split not in self._label_stats:
             stats = label_statistics(labels_np, list(classes))
@@ -399,20 +400,6 @@ def _signal_key(relative: str) -> str:
 
 def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     return {schema.metric_safe(prefix + key): float(value) for key, value in metrics.items()}
-
-
-def _level_metrics(levels: np.ndarray) -> dict[str, float]:
-    """Silent/clipped clip fractions and mean levels from ``clip_levels`` rows."""
-    if len(levels) == 0:
-        return {"n_clips": 0.0}
-    rms, peak, full_scale = levels[:, 0], levels[:, 1], levels[:, 2]
-    finite_peak = peak[np.isfinite(peak)]
-    return {
-        "n_clips": float(len(levels)),
-        "silent_fraction": float(np.mean(rms < SILENCE_DBFS)),
-        "clipped_fraction": float(np.mean(full_scale >= CLIPPED_SHARE)),
-        "peak_dbfs_mean": float(finite_peak.mean()) if finite_peak.size else float("nan"),
-    }
 
 
 def _to_numpy(values: ArrayLike | Sequence) -> np.ndarray:

@@ -16,14 +16,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mlflow_audiodiag.data.audio_io import CLIP_LEVEL, CLIPPED_SHARE, SILENCE_DBFS
 from mlflow_audiodiag.features.normalization import merge_moments
 from mlflow_audiodiag.schema import metric_safe
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence
 SMD_EPS = 1e-8
-SILENCE_DBFS = -60.0
-CLIP_LEVEL = 0.999
-CLIPPED_SHARE = 0.001
 
 
 def _as_numpy(values: ArrayLike, dtype: Any = np.float64) -> np.ndarray:
@@ -277,15 +275,31 @@ def waveform_statistics(waves: ArrayLike) -> WaveformStats:
         return WaveformStats(n, *[float("nan")] * 4, 0)
     finite = np.isfinite(x)
     magnitude = np.abs(np.where(finite, x, 0.0))
-    rms = np.sqrt((magnitude**2).mean(axis=1))
-    clipped = (magnitude >= CLIP_LEVEL).mean(axis=1) >= CLIPPED_SHARE
+    levels = np.stack(
+        [
+            _dbfs(np.sqrt((magnitude**2).mean(axis=1))),
+            _dbfs(magnitude.max(axis=1)),
+            (magnitude >= CLIP_LEVEL).mean(axis=1),
+        ],
+        axis=1,
+    )
+    return level_statistics(levels, nonfinite_clips=int((~finite).any(axis=1).sum()))
+
+
+def level_statistics(levels: ArrayLike, nonfinite_clips: int = 0) -> WaveformStats:
+    """:class:`WaveformStats` from per-clip rows ``[rms_dbfs, peak_dbfs, full_scale_share]``
+    (as :func:`~mlflow_audiodiag.data.audio_io.clip_levels` gives them)."""
+    rows = _as_numpy(levels).reshape(-1, 3)
+    if len(rows) == 0:
+        return WaveformStats(0, *[float("nan")] * 4, nonfinite_clips)
+    rms, peak, full_scale = rows[:, 0], rows[:, 1], rows[:, 2]
     return WaveformStats(
-        n_clips=n,
-        silent_fraction=float((_dbfs(rms) < SILENCE_DBFS).mean()),
-        clipped_fraction=float(clipped.mean()),
-        peak_dbfs_mean=float(_dbfs(magnitude.max(axis=1)).mean()),
-        rms_dbfs_mean=float(_dbfs(rms).mean()),
-        nonfinite_clips=int((~finite).any(axis=1).sum()),
+        n_clips=len(rows),
+        silent_fraction=float((rms < SILENCE_DBFS).mean()),
+        clipped_fraction=float((full_scale >= CLIPPED_SHARE).mean()),
+        peak_dbfs_mean=float(peak.mean()),
+        rms_dbfs_mean=float(rms.mean()),
+        nonfinite_clips=nonfinite_clips,
     )
 
 
