@@ -1,14 +1,22 @@
 """Cost of the training monitor, measured side by side in one process.
 
-Trains two identical copies of the bundled transformer on the embedded dataset's cached
-training features: one plain, one instrumented with ``TrainingMonitor`` (every step: per-group
+Two identical copies of the bundled transformer train on the embedded dataset, one plain and
+one instrumented with ``TrainingMonitor`` at its default settings (every step: per-group
 gradient norms, total norm, update ratios, learning rates, loss; durable batched logging to a
 real sqlite-backed MLflow run). Blocks of steps alternate between the two so that machine
-drift hits both alike. Prints the overhead ratio (instrumented step time / plain step time),
-then the logging figures of a ``--steps``-step instrumented run: metric points, tracking calls
-and time spent flushing.
+drift hits both alike. Two measurements:
 
-    python benchmarks/monitor_overhead.py [--blocks 20] [--block-steps 10] [--steps 1000]
+* **bundled training step** (the target): ``Trainer.train_step`` on the default training
+  batches, i.e. waveform augmentation, feature extraction, SpecAugment, mixup, forward,
+  backward, clipping and the optimizer step, exactly as ``mlflow run .`` trains;
+* **model step on preloaded features** (the worst case): forward, backward, clipping and the
+  optimizer step on cached, normalized features, so that nothing dilutes the monitor's cost.
+
+Prints each overhead ratio (instrumented step time / plain step time) and the time spent
+inside the monitor's calls, then the logging figures of a ``--steps``-step instrumented run:
+metric points, tracking calls and time spent flushing.
+
+    python benchmarks/monitor_overhead.py [--blocks 40] [--block-steps 5] [--steps 1000]
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import argparse
 import copy
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlflow
@@ -25,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from mlflow_audiodiag.data.synthetic import default_cache_root
+from mlflow_audiodiag.features.extractor import FeatureExtractor
 from mlflow_audiodiag.features.normalization import FeatureNormalizer, fit_normalization
 from mlflow_audiodiag.features.store import build_feature_store
 from mlflow_audiodiag.model.transformer import AudioTransformer
@@ -32,10 +42,36 @@ from mlflow_audiodiag.monitoring.monitor import TrainingMonitor
 from mlflow_audiodiag.monitoring.sink import DurableMetricLogger, SinkConfig
 from mlflow_audiodiag.training.config import TrainConfig
 from mlflow_audiodiag.training.dataset_source import resolve_clip_table
+from mlflow_audiodiag.training.loop import Trainer
 from mlflow_audiodiag.training.optim import build_optimizer
+from mlflow_audiodiag.training.run import build_train_loader
+
+MONITOR_SECONDS = [0.0]  # time spent inside the monitor's per-step calls
 
 
-def _batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
+class TimedMonitor:
+    """Forwards the per-step calls to a monitor and adds up the time spent inside them."""
+
+    def __init__(self, monitor: TrainingMonitor) -> None:
+        self.monitor = monitor
+
+    def after_backward(self, loss: torch.Tensor | None = None) -> None:
+        start = time.perf_counter()
+        self.monitor.after_backward(loss)
+        MONITOR_SECONDS[0] += time.perf_counter() - start
+
+    def after_step(self, loss: torch.Tensor | None = None) -> None:
+        start = time.perf_counter()
+        self.monitor.after_step(loss)
+        MONITOR_SECONDS[0] += time.perf_counter() - start
+
+
+def _forever(loader) -> Iterator:
+    while True:
+        yield from loader
+
+
+def _feature_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
     generator = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(len(labels), generator=generator)
@@ -44,112 +80,167 @@ def _batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed
             yield features[index], labels[index]
 
 
-MONITOR_SECONDS = [0.0]  # time spent inside the monitor's per-step calls
-
-
-def _step(model, optimizer, batch, monitor: TrainingMonitor | None, clip: float) -> None:
+def _model_step(model, optimizer, batch, monitor, clip: float) -> None:
     inputs, targets = batch
     loss = F.cross_entropy(model(inputs), targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if monitor is not None:
-        start = time.perf_counter()
         monitor.after_backward(loss)
-        MONITOR_SECONDS[0] += time.perf_counter() - start
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
     if monitor is not None:
-        start = time.perf_counter()
         monitor.after_step()
-        MONITOR_SECONDS[0] += time.perf_counter() - start
+
+
+def _alternate(
+    plain: Callable[[], None], instrumented: Callable[[], None], blocks: int, block_steps: int
+) -> tuple[list[float], list[float]]:
+    """Seconds per block of ``block_steps`` calls of each, blocks alternating (which of the
+    two goes first alternates too)."""
+    for _ in range(3):  # warm-up of both paths
+        plain()
+        instrumented()
+    plain_s, inst_s = [], []
+    MONITOR_SECONDS[0] = 0.0
+    for block in range(blocks):
+        order = [(plain, plain_s), (instrumented, inst_s)]
+        for step, seconds in order if block % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            for _ in range(block_steps):
+                step()
+            seconds.append(time.perf_counter() - start)
+    return plain_s, inst_s
+
+
+def _report(title: str, plain_s: list[float], inst_s: list[float], steps: int) -> None:
+    plain, inst = sum(plain_s), sum(inst_s)
+    pair_ratios = np.array(inst_s) / np.array(plain_s)
+    low, median, high = np.percentile(pair_ratios, [25, 50, 75])
+    print(f"{title}:")
+    print(
+        f"  plain step: {1000 * plain / steps:.2f} ms, "
+        f"instrumented step: {1000 * inst / steps:.2f} ms"
+    )
+    print(f"  overhead ratio (instrumented / plain): {inst / plain:.3f}")
+    print(
+        f"  per block pair: median {median:.3f}, interquartile range {low:.3f} to {high:.3f} "
+        f"({len(pair_ratios)} pairs)"
+    )
+    print(
+        f"  time inside the monitor's step calls: {1000 * MONITOR_SECONDS[0] / steps:.2f} ms "
+        f"per step = {MONITOR_SECONDS[0] / plain:.3f} of a plain step"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, default=20)
-    parser.add_argument("--block-steps", type=int, default=10)
+    parser.add_argument("--blocks", type=int, default=40)
+    parser.add_argument("--block-steps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument(
         "--deliver-after",
         action="store_true",
         help="deliver points only at close (isolates the monitor's compute cost from the "
-        "tracking store's write cost, which otherwise runs in a background thread)",
+        "tracking store's write cost, which otherwise runs in the delivery process)",
     )
     args = parser.parse_args()
 
-    config = TrainConfig()
+    config = TrainConfig.from_flat({"progress": False})
     table, _ = resolve_clip_table(config.data, config.features, progress=False)
-    store = build_feature_store(table, config.features, default_cache_root(), progress=False)
+    store = build_feature_store(
+        table,
+        config.features,
+        default_cache_root(),
+        waveform_splits=("train",) if config.augment.uses_waveform else (),
+        progress=False,
+    )
     train = store.split("train")
     raw = torch.from_numpy(np.array(train.features))
-    normalizer = FeatureNormalizer(fit_normalization([raw], config.data.normalization))
-    features = normalizer(raw)
-    labels = torch.from_numpy(train.labels)
+    stats = fit_normalization([raw], config.data.normalization)
     n_classes = len(store.classes)
-    clip = config.optim.grad_clip
+    loaders = [build_train_loader(config, store, train, n_classes) for _ in range(2)]
 
     torch.manual_seed(0)
-    plain = AudioTransformer(features.shape[1], features.shape[2], n_classes, config.model)
-    instrumented = copy.deepcopy(plain)
-    plain_opt = build_optimizer(plain, config.optim)
-    inst_opt = build_optimizer(instrumented, config.optim)
+    model = AudioTransformer(
+        config.features.n_bins, config.features.n_frames, n_classes, config.model
+    )
+    trainers = [
+        Trainer(
+            copy.deepcopy(model),
+            FeatureExtractor(config.features),
+            FeatureNormalizer(stats),
+            config,
+            n_classes,
+        )
+        for _ in range(2)
+    ]
+    steps = args.blocks * args.block_steps
+    delivery = "at close" if args.deliver_after else "by the delivery process"
 
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
         mlflow.set_experiment("monitor-overhead")
-        with mlflow.start_run() as run:
-            sink = None
-            if args.deliver_after:
-                sink = DurableMetricLogger(run.info.run_id, config=SinkConfig(background=False))
-            monitor = TrainingMonitor(instrumented, inst_opt, sink=sink)
-            plain_batches = _batches(features, labels, config.loop.batch_size, seed=1)
-            inst_batches = _batches(features, labels, config.loop.batch_size, seed=1)
-            for _ in range(3):  # warm-up of both paths
-                _step(plain, plain_opt, next(plain_batches), None, clip)
-                _step(instrumented, inst_opt, next(inst_batches), monitor, clip)
-            plain_s = inst_s = 0.0
-            MONITOR_SECONDS[0] = 0.0
-            for _ in range(args.blocks):
-                start = time.perf_counter()
-                for _ in range(args.block_steps):
-                    _step(plain, plain_opt, next(plain_batches), None, clip)
-                plain_s += time.perf_counter() - start
-                start = time.perf_counter()
-                for _ in range(args.block_steps):
-                    _step(instrumented, inst_opt, next(inst_batches), monitor, clip)
-                inst_s += time.perf_counter() - start
-            monitor.close()
-        steps = args.blocks * args.block_steps
-        delivery = "at close" if args.deliver_after else "in a background thread"
         print(
             f"steps timed per variant: {steps} (blocks of {args.block_steps}, alternating; "
             f"points delivered {delivery})"
         )
-        print(
-            f"plain step: {1000 * plain_s / steps:.2f} ms, "
-            f"instrumented step: {1000 * inst_s / steps:.2f} ms"
-        )
-        print(f"overhead ratio (instrumented / plain): {inst_s / plain_s:.3f}")
-        print(
-            f"time inside the monitor's step calls: {1000 * MONITOR_SECONDS[0] / steps:.2f} ms "
-            f"per step = {MONITOR_SECONDS[0] / plain_s:.3f} of a plain step"
-        )
+        with mlflow.start_run() as run:
+            sink = None
+            if args.deliver_after:
+                sink = DurableMetricLogger(run.info.run_id, config=SinkConfig(delivery="caller"))
+            plain, instrumented = trainers
+            monitor = TrainingMonitor(instrumented.model, instrumented.optimizer, sink=sink)
+            instrumented.attach(TimedMonitor(monitor))
+            batches = [_forever(loader) for loader in loaders]
+            plain_s, inst_s = _alternate(
+                lambda: plain.train_step(*next(batches[0])),
+                lambda: instrumented.train_step(*next(batches[1])),
+                args.blocks,
+                args.block_steps,
+            )
+            monitor.close()
+        _report("bundled training step (default augmentation pipeline)", plain_s, inst_s, steps)
+
+        normalizer = FeatureNormalizer(stats)
+        features, labels = normalizer(raw), torch.from_numpy(train.labels)
+        models = [copy.deepcopy(model) for _ in range(2)]
+        optimizers = [build_optimizer(m, config.optim) for m in models]
+        clip = config.optim.grad_clip
+        with mlflow.start_run() as run:
+            sink = None
+            if args.deliver_after:
+                sink = DurableMetricLogger(run.info.run_id, config=SinkConfig(delivery="caller"))
+            monitor = TimedMonitor(TrainingMonitor(models[1], optimizers[1], sink=sink))
+            feature_batches = [
+                _feature_batches(features, labels, config.loop.batch_size, seed=1) for _ in range(2)
+            ]
+            plain_s, inst_s = _alternate(
+                lambda: _model_step(models[0], optimizers[0], next(feature_batches[0]), None, clip),
+                lambda: _model_step(
+                    models[1], optimizers[1], next(feature_batches[1]), monitor, clip
+                ),
+                args.blocks,
+                args.block_steps,
+            )
+            monitor.monitor.close()
+        _report("model step on preloaded features (worst case)", plain_s, inst_s, steps)
 
         if args.steps <= 0:
             return
         with mlflow.start_run():
-            monitor = TrainingMonitor(instrumented, inst_opt)
-            batches = _batches(features, labels, config.loop.batch_size, seed=2)
+            monitor = TrainingMonitor(models[1], optimizers[1])
+            batches = _feature_batches(features, labels, config.loop.batch_size, seed=2)
             start = time.perf_counter()
             for _ in range(args.steps):
-                _step(instrumented, inst_opt, next(batches), monitor, clip)
+                _model_step(models[1], optimizers[1], next(batches), monitor, clip)
             monitor.close()
             total = time.perf_counter() - start
         sink = monitor.sink
         print(
             f"{args.steps}-step instrumented run: {sink.points_logged} metric points, "
             f"{sink.tracking_calls} tracking calls, {sink.flush_seconds:.2f} s flushing "
-            f"(in a background thread), {total:.1f} s in all"
+            f"(in the delivery process), {total:.1f} s in all"
         )
 
 

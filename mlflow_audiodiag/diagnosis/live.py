@@ -17,7 +17,7 @@ from mlflow_audiodiag import schema
 from mlflow_audiodiag.diagnosis.evidence import RunEvidence
 from mlflow_audiodiag.diagnosis.rules import MissingSignal, stagnant_validation
 from mlflow_audiodiag.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
-from mlflow_audiodiag.monitoring.sink import check_health, is_http_uri
+from mlflow_audiodiag.monitoring.delivery import check_health, is_http_uri
 
 logger = logging.getLogger(__name__)
 

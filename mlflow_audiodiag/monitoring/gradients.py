@@ -50,9 +50,14 @@ class GradientTracker:
     results stay in a device buffer of ``capacity`` rows until :meth:`drain`; a full buffer is
     queued for the host with an asynchronous copy.
 
-    Update ratios need a copy of the weights and two more passes over them, the costliest part
-    on CPU; ``update_interval=k`` measures them on every k-th step only, ``track_updates=False``
-    not at all (the records of those steps have no ``update_ratio/*`` entries).
+    Update ratios need a copy of the weights, the costliest part on CPU. ``after_step`` copies
+    the new weights into one flat buffer and subtracts it from the flat copy taken before the
+    step; when the next step is measured too, that new copy already is its "before" snapshot
+    and ``before_step`` copies nothing. So ``W_before`` is the weights as the previous measured
+    step left them: a change made between two steps outside the optimizer (loading a
+    checkpoint, say) counts toward the next update. ``update_interval=k`` measures updates on
+    every k-th step only, ``track_updates=False`` not at all (the records of those steps have no
+    ``update_ratio/*`` entries).
     """
 
     def __init__(
@@ -102,21 +107,33 @@ class GradientTracker:
         if not self.track_updates or self._steps % self.update_interval:
             return
         self._check_device()
+        if self._snapshot_for == self._steps:  # the previous step left this snapshot
+            self._weight_norms = self._next_weight_norms
+            return
         with torch.no_grad():
             if self._params:
-                torch._foreach_copy_(self._snapshot, self._params)
-            self._weight_norms = self._slice_norms()
+                torch._foreach_copy_(self._views[0], self._params)
+            self._weight_norms = self._slice_norms(0)
 
     def after_step(self) -> None:
         """Writes this step's row and advances to the next one."""
         self._check_device()
         grads, weights = self._grad_norms, self._weight_norms
         self._grad_norms = self._weight_norms = None
+        self._snapshot_for = -1
         if weights is not None:
             with torch.no_grad():
+                before, after = self._flat
                 if self._params:
-                    torch._foreach_sub_(self._snapshot, self._params)  # W_before - W_after
-                updates = self._slice_norms()
+                    torch._foreach_copy_(self._views[1], self._params)
+                before.sub_(after)  # W_before - W_after; ``after`` is the next snapshot
+                norms = list(torch._foreach_norm(self._slices[0] + self._slices[1]))
+            n = len(self.group_names)
+            updates, self._next_weight_norms = norms[:n], norms[n:]
+            self._flat.reverse()
+            self._views.reverse()
+            self._slices.reverse()
+            self._snapshot_for = self._steps + 1
         n_groups = len(self.group_names)
         values = [
             *(grads if grads is not None else self._zeros[: len(self._params)]),
@@ -178,8 +195,9 @@ class GradientTracker:
             out[f"update_ratio/{name}"] = ratios[:, i]
         return out
 
-    def _slice_norms(self) -> list[torch.Tensor]:
-        return list(torch._foreach_norm(self._group_slices)) if self._group_slices else []
+    def _slice_norms(self, buffer: int) -> list[torch.Tensor]:
+        slices = self._slices[buffer]
+        return list(torch._foreach_norm(slices)) if slices else []
 
     def _flush(self) -> None:
         """Queues the finished rows for the host (asynchronously on CUDA) and rewinds."""
@@ -216,15 +234,22 @@ class GradientTracker:
         self._exact_dtype = set(dtypes) == {torch.float32}
         self._zero = torch.zeros(1, dtype=dtypes[0], device=device)
         self._zeros = list(torch.zeros(max(n_params, n_groups), device=device).unbind(0))
-        self._snapshot: list[torch.Tensor] = []
-        self._group_slices: list[torch.Tensor] = []
+        # Two flat weight buffers laid out group by group (before and after a step; they swap
+        # roles after each measured step): weight and update norms are then one norm per group
+        # instead of one per tensor, and the delta is one subtraction.
+        self._flat: list[torch.Tensor] = []
+        self._views: list[list[torch.Tensor]] = [[], []]
+        self._slices: list[list[torch.Tensor]] = [[], []]
         if self.track_updates:
-            # One flat buffer laid out group by group: the weight and update norms are then one
-            # norm per group instead of one per tensor.
             numels = [p.numel() for p in self._params]
-            flat = torch.empty(sum(numels), dtype=dtype, device=device)
-            views = flat.split(numels)
-            self._snapshot = [v.view(p.shape) for v, p in zip(views, self._params, strict=True)]
             sizes = [sum(p.numel() for _, p in self.groups[name]) for name in self.group_names]
-            self._group_slices = list(flat.split(sizes))
+            for index in range(2):
+                flat = torch.zeros(sum(numels), dtype=dtype, device=device)
+                self._flat.append(flat)
+                self._views[index] = [
+                    v.view(p.shape) for v, p in zip(flat.split(numels), self._params, strict=True)
+                ]
+                self._slices[index] = list(flat.split(sizes))
         self._grad_norms = self._weight_norms = None
+        self._next_weight_norms: list[torch.Tensor] = []
+        self._snapshot_for = -1  # the step whose "before" snapshot the first buffer holds

@@ -216,7 +216,7 @@ class TrainingMonitor:
         self.tracker.after_backward()
         self.tracker.before_step()
         if loss is not None:
-            self._pending_losses.append(loss.detach().reshape(()).float())
+            self._pending_losses.append(loss.detach())
 
     def after_step(self, loss: torch.Tensor | None = None) -> None:
         """Call after ``optimizer.step()``; pass ``loss`` here if not to :meth:`after_backward`."""
@@ -226,7 +226,7 @@ class TrainingMonitor:
         self._recording = False
         self.tracker.after_step()
         if loss is not None:
-            self._pending_losses.append(loss.detach().reshape(()).float())
+            self._pending_losses.append(loss.detach())
         self._recorded_steps.append(self.step)
         self._pending_lrs.append(
             {
@@ -303,7 +303,10 @@ class TrainingMonitor:
         records = self.tracker.drain()
         if not records and not self._pending_losses:
             return
-        losses = torch.stack(self._pending_losses).cpu().numpy() if self._pending_losses else None
+        losses = None
+        if self._pending_losses:
+            stacked = torch.stack([loss.reshape(()).float() for loss in self._pending_losses])
+            losses = stacked.cpu().numpy()
         for index, record in enumerate(records):
             step = self._recorded_steps[index]
             metrics = {}

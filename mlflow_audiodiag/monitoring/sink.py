@@ -1,17 +1,14 @@
 """Durable, non-blocking metric logging to MLflow.
 
-``DurableMetricLogger.log`` only appends to an in-memory queue and to an append-only spool file;
-a background thread sends the points with ``MlflowClient.log_batch``. When the tracking server
-is down, points stay queued and spooled, one warning is logged, and delivery resumes with
-exponential backoff. A spool left behind by a crashed process is re-sent with
-``DurableMetricLogger.recover`` or ``python -m mlflow_audiodiag.monitoring.sink recover DIR``.
-
-Spool format (one logger = one ``metrics-*.jsonl`` file plus a ``.acked`` sibling):
-the first line is a JSON header with the run id; every further line is a JSON list
-``[key, value, timestamp_ms, step]``. The ``.acked`` file is append-only; each line is the
-number of points (from the start of the spool) that the tracking store has accepted. Points are
-delivered in order, so everything after the largest acknowledged count is undelivered. Re-sending
-an acknowledged point is harmless: MLflow's SQL store de-duplicates identical metric points.
+``DurableMetricLogger.log`` only appends to an append-only spool file (see
+:mod:`~mlflow_audiodiag.monitoring.spool`). By default a separate delivery process at low CPU
+priority follows that file and sends the points with ``MlflowClient.log_batch``, so the
+training process spends nothing on the tracking store; ``delivery="thread"`` sends them from a
+background thread instead (points then also wait in memory), ``delivery="caller"`` only on
+``flush``/``close``. When the tracking server is down, points stay spooled, one warning is
+logged, and delivery resumes with exponential backoff. A spool left behind by a crashed
+process is re-sent with ``DurableMetricLogger.recover`` or
+``python -m mlflow_audiodiag.monitoring.sink recover DIR``.
 """
 
 from __future__ import annotations
@@ -19,59 +16,77 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import itertools
-import json
 import logging
 import os
 import posixpath
 import re
-import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 import weakref
-from collections import deque
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from mlflow_audiodiag.data.synthetic import default_cache_root
-from mlflow_audiodiag.errors import AudioDiagError
+from mlflow_audiodiag.monitoring.delivery import (
+    BatchSender,
+    DeliveryProcess,
+    check_health,
+    first_line,
+    is_http_uri,
+    iter_batches,
+)
+from mlflow_audiodiag.monitoring.spool import (
+    ACK_SUFFIX,
+    SPOOL_GLOB,
+    SpoolRecoveryError,
+    header_line,
+    point_line,
+    read_acked,
+    read_spool,
+)
+
+__all__ = [
+    "DELIVERY_MODES",
+    "DurableMetricLogger",
+    "SinkConfig",
+    "SpoolRecoveryError",
+    "check_health",
+    "default_spool_root",
+    "is_http_uri",
+    "validate_key",
+]
 
 logger = logging.getLogger(__name__)
 
-SPOOL_FORMAT = "mlflow-audiodiag-metric-spool"
-SPOOL_VERSION = 1
-_SPOOL_GLOB = "metrics-*.jsonl"
-_ACK_SUFFIX = ".acked"
+DELIVERY_MODES = ("process", "thread", "caller")
 _RECOVER_COMMAND = "python -m mlflow_audiodiag.monitoring.sink recover"
 _KEY_PATTERN = re.compile(r"^[/\w.\- :]*$")
 _MAX_KEY_LENGTH = 250
 _SPOOL_BUFFER_BYTES = 1 << 16
-
-Point = tuple[str, float, int, int]  # key, value, timestamp_ms, step
-
-
-class SpoolRecoveryError(AudioDiagError):
-    """Spooled metric points could not be re-sent to the tracking store."""
+_WAIT_POLL_S = 0.02
 
 
 @dataclass(frozen=True)
 class SinkConfig:
-    """How often and how much to send, where to spool, and how to back off."""
+    """How and how often to send, where to spool, and how to back off.
+
+    ``delivery``: ``"process"`` (a separate low-priority process follows the spool),
+    ``"thread"`` (a background thread of this process) or ``"caller"`` (only on ``flush`` and
+    ``close``, in the calling thread).
+    """
 
     flush_interval_s: float = 5.0
     max_batch: int = 1000  # MLflow's log_batch limit for metrics
     spool_dir: Path | None = None  # default: <cache root>/spool/<run_id>
     health_timeout_s: float = 2.0
     retry_backoff_s: tuple[float, float] = (1.0, 30.0)  # first and largest retry delay
-    background: bool = True
+    delivery: str = "process"
+    close_timeout_s: float = 60.0  # how long an orphaned delivery process keeps trying
 
     def __post_init__(self) -> None:
         if self.flush_interval_s < 0:
@@ -84,32 +99,13 @@ class SinkConfig:
                 f"retry_backoff_s must be (first, largest) with 0 < first <= largest, "
                 f"got {self.retry_backoff_s}"
             )
+        if self.delivery not in DELIVERY_MODES:
+            raise ValueError(f"delivery must be one of {DELIVERY_MODES}, got {self.delivery!r}")
 
 
 def default_spool_root() -> Path:
     """``<cache root>/spool``; the cache root is ``$AUDIODIAG_CACHE_DIR`` or ``~/.cache/...``."""
     return default_cache_root() / "spool"
-
-
-def is_http_uri(uri: str) -> bool:
-    return urlparse(uri).scheme in ("http", "https")
-
-
-def check_health(uri: str, timeout_s: float) -> str | None:
-    """``None`` when the server at ``uri`` answers ``/health`` within ``timeout_s``, else why not.
-
-    Only a dead or overloaded server counts: a 5xx answer, a refused or timed-out connection.
-    Any other answer (a 404 behind a proxy, a certificate MLflow is configured to accept) is
-    left for ``log_batch`` to judge.
-    """
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
-            return None
-    except urllib.error.HTTPError as error:
-        return f"HTTP {error.code}" if error.code >= 500 else None
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        return None if isinstance(reason, ssl.SSLError) else str(reason)
 
 
 def validate_key(key: str) -> None:
@@ -125,11 +121,12 @@ def validate_key(key: str) -> None:
 
 
 class DurableMetricLogger:
-    """Queues metric points, spools them to disk and delivers them to MLflow in batches.
+    """Spools metric points to disk and has them delivered to MLflow in batches.
 
     ``log``/``log_many`` never block on the network and never raise because of the server.
     Counters for benchmarks: ``points_logged``, ``points_delivered``, ``tracking_calls``,
-    ``flush_seconds`` and ``pending``.
+    ``flush_seconds`` and ``pending`` (with process delivery, the last two include the
+    delivery process's share once it has closed).
     """
 
     def __init__(
@@ -142,60 +139,91 @@ class DurableMetricLogger:
         self.client = client or MlflowClient()
         self.config = config
         self.tracking_uri = str(self.client.tracking_uri)
-        self._http = is_http_uri(self.tracking_uri)
-
         self.points_logged = 0
-        self.points_delivered = 0
-        self.tracking_calls = 0
-        self.flush_seconds = 0.0
 
         self._lock = threading.Lock()
-        self._delivered = threading.Condition(self._lock)
-        self._send_lock = threading.Lock()
-        self._queue: deque[Point] = deque()
         self._known_keys: set[str] = set()
         self._closed = False
-        self._force = False
-        self._failures = 0
-        self._retry_at = 0.0
-        self._outage_since: float | None = None
+        self._spooled = 0  # points written to the spool file
 
         self._default_dir = config.spool_dir is None
         self.spool_dir = Path(config.spool_dir or default_spool_root() / run_id)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         stem = f"metrics-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.spool_path = self.spool_dir / f"{stem}.jsonl"
-        self.ack_path = self.spool_dir / f"{stem}{_ACK_SUFFIX}"
+        self.ack_path = self.spool_dir / f"{stem}{ACK_SUFFIX}"
         self._spool = self.spool_path.open("w", encoding="utf-8", buffering=_SPOOL_BUFFER_BYTES)
         self._acks = self.ack_path.open("w", encoding="utf-8")
-        header = {
-            "format": SPOOL_FORMAT,
-            "version": SPOOL_VERSION,
-            "run_id": run_id,
-            "tracking_uri": self.tracking_uri,
-            "pid": os.getpid(),
-        }
-        self._spool.write(json.dumps(header) + "\n")
+        self._spool.write(header_line(run_id, self.tracking_uri, os.getpid()))
         self._spool.flush()
         self._spool_ok = True
         self._spool_flushed_at = time.monotonic()
 
+        # Points the delivery process cannot see (all of them with thread or caller delivery;
+        # with process delivery only those the spool could not take) wait in this queue.
+        self._sender = BatchSender(
+            run_id,
+            self.client,
+            max_batch=config.max_batch,
+            health_timeout_s=config.health_timeout_s,
+            retry_backoff_s=config.retry_backoff_s,
+            spool=str(self.spool_path),
+            lock=self._lock,
+            on_delivered=self._record_ack,
+        )
+        self._delivered = threading.Condition(self._lock)
+        self._force = False
+        self._process: DeliveryProcess | None = None
+        if config.delivery == "process":
+            self._process = self._start_process()
+
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        if config.background:
+        if config.delivery != "caller":
             self._thread = threading.Thread(
                 target=self._run, name=f"metric-sink-{run_id[:8]}", daemon=True
             )
             self._thread.start()
         _LIVE_LOGGERS.add(self)
 
-    # --- training-thread side -------------------------------------------------------------
+    def _start_process(self) -> DeliveryProcess | None:
+        settings = {**asdict(self.config), "tracking_uri": self.tracking_uri}
+        settings["spool_dir"] = str(self.spool_dir)
+        try:
+            return DeliveryProcess(self.spool_path, settings)
+        except OSError as error:
+            logger.warning(
+                "cannot start the metric delivery process (%s); delivering from a thread", error
+            )
+            return None
+
+    # --- counters -----------------------------------------------------------------------
+
+    @property
+    def points_delivered(self) -> int:
+        """Points the tracking store has accepted."""
+        return self._process_acked() + self._sender.points_delivered
 
     @property
     def pending(self) -> int:
         """Points logged but not yet accepted by the tracking store."""
-        return len(self._queue)
+        return self.points_logged - self.points_delivered
+
+    @property
+    def tracking_calls(self) -> int:
+        child = self._process.stats.get("tracking_calls", 0) if self._process else 0
+        return self._sender.tracking_calls + child
+
+    @property
+    def flush_seconds(self) -> float:
+        child = self._process.stats.get("flush_seconds", 0.0) if self._process else 0.0
+        return self._sender.flush_seconds + child
+
+    def _process_acked(self) -> int:
+        return self._process.acked() if self._process is not None else 0
+
+    # --- training-thread side -------------------------------------------------------------
 
     def log(self, key: str, value: float, step: int, timestamp_ms: int | None = None) -> None:
         """Queues one point; the timestamp is fixed now so re-sending it cannot duplicate it."""
@@ -215,28 +243,33 @@ class DurableMetricLogger:
             points.append((key, float(value), timestamp, step))
         if not points:
             return
-        lines = "".join(json.dumps(point) + "\n" for point in points)
+        lines = "".join(map(point_line, points))
         max_batch = self.config.max_batch
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"metric logger for run {self.run_id} is closed")
-            before = len(self._queue)
-            self._queue.extend(points)
+            before = self.points_logged
             self.points_logged += len(points)
-            self._write_spool(lines)
-            if time.monotonic() - self._spool_flushed_at >= self.config.flush_interval_s:
-                self._flush_spool()
-        crossed = before // max_batch != (before + len(points)) // max_batch
-        if crossed and self._thread is not None and self._failures == 0:
+            spooled = self._write_spool(lines)
+            if spooled:
+                self._spooled += len(points)
+            if self._process is None or not spooled:
+                self._sender.queue.extend(points)
+            crossed = before // max_batch != self.points_logged // max_batch
+            if crossed or time.monotonic() - self._spool_flushed_at >= self.config.flush_interval_s:
+                self._flush_spool()  # a full batch or an old one: the delivery process sees it
+        if crossed and self._thread is not None and not self._sender.failing:
             self._wake.set()
 
-    def _write_spool(self, lines: str) -> None:
+    def _write_spool(self, lines: str) -> bool:
         if self._closed or not self._spool_ok:
-            return
+            return False
         try:
             self._spool.write(lines)
         except (OSError, ValueError) as error:
             self._spool_failed(error)
+            return False
+        return True
 
     def _flush_spool(self) -> None:
         """Pushes buffered spool lines to the OS. Caller holds ``_lock``."""
@@ -257,7 +290,18 @@ class DurableMetricLogger:
             self.run_id,
         )
 
-    # --- delivery ---------------------------------------------------------------------------
+    def _record_ack(self, delivered: int) -> None:
+        """Appends the delivered count to the ack file (thread and caller delivery, where the
+        queue holds the spool's points in order). Caller holds ``_lock``."""
+        if self._process is not None or self._closed or not self._spool_ok:
+            return
+        try:
+            self._acks.write(f"{delivered}\n")
+            self._acks.flush()
+        except (OSError, ValueError) as error:
+            self._spool_failed(error)
+
+    # --- delivery -----------------------------------------------------------------------
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -267,103 +311,24 @@ class DurableMetricLogger:
                 self._flush_spool()
                 force, self._force = self._force, False
             try:
+                if self._process is not None and not self._closed:
+                    self._process.restart_if_dead()
                 self._attempt(force)
             except Exception:  # keep delivering whatever went wrong this time
                 logger.exception("metric delivery for run %s failed unexpectedly", self.run_id)
 
     def _next_wait(self) -> float:
         interval = max(self.config.flush_interval_s, 0.01)
-        if self._failures:
-            return max(0.01, min(interval, self._retry_at - time.monotonic()))
+        if self._sender.failing:
+            return max(0.01, min(interval, self._sender.retry_at - time.monotonic()))
         return interval
 
     def _attempt(self, force: bool) -> bool:
-        """One delivery attempt of everything pending now; ``True`` when nothing is left."""
-        with self._send_lock:
-            if not self._queue:
-                return True
-            if not force and time.monotonic() < self._retry_at:
-                return False
-            started = time.perf_counter()
-            try:
-                return self._deliver_pending()
-            finally:
-                self.flush_seconds += time.perf_counter() - started
-                with self._delivered:
-                    self._delivered.notify_all()
-
-    def _deliver_pending(self) -> bool:
-        todo = len(self._queue)
-        if self._http:
-            problem = check_health(self.tracking_uri, self.config.health_timeout_s)
-            if problem is not None:
-                self._on_failure(f"tracking server {self.tracking_uri} unreachable ({problem})")
-                return False
-        sent = 0
-        while sent < todo and not self._closed:
-            with self._lock:
-                batch = list(itertools.islice(self._queue, min(self.config.max_batch, todo - sent)))
-            if not batch:
-                break
-            metrics = [Metric(key, value, timestamp, step) for key, value, timestamp, step in batch]
-            self.tracking_calls += 1
-            try:
-                self.client.log_batch(self.run_id, metrics=metrics)
-            except Exception as error:  # any failure keeps the points queued
-                if sent:
-                    self._finish_outage(sent)
-                self._on_failure(
-                    f"tracking server {self.tracking_uri} did not accept log_batch "
-                    f"({type(error).__name__}: {_first_line(error)})"
-                )
-                return False
-            with self._lock:
-                for _ in batch:
-                    self._queue.popleft()
-                self.points_delivered += len(batch)
-                self._record_ack()
-            sent += len(batch)
-        self._finish_outage(sent)
-        return not self._queue
-
-    def _record_ack(self) -> None:
-        """Appends the delivered count to the ack file. Caller holds ``_lock``."""
-        if self._closed or not self._spool_ok:
-            return
         try:
-            self._acks.write(f"{self.points_delivered}\n")
-            self._acks.flush()
-        except (OSError, ValueError) as error:
-            self._spool_failed(error)
-
-    def _on_failure(self, problem: str) -> None:
-        first, largest = self.config.retry_backoff_s
-        self._failures += 1
-        delay = min(largest, first * 2 ** (self._failures - 1))
-        self._retry_at = time.monotonic() + delay
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-            logger.warning(
-                "%s; %d points kept in memory and in spool file %s; "
-                "delivery resumes when it is back",
-                problem,
-                len(self._queue),
-                self.spool_path,
-            )
-        else:
-            logger.debug("%s; retrying in %.1f s", problem, delay)
-
-    def _finish_outage(self, delivered: int) -> None:
-        self._failures = 0
-        self._retry_at = 0.0
-        if self._outage_since is not None:
-            logger.info(
-                "tracking server %s is back after %.1f s; delivered %d points late",
-                self.tracking_uri,
-                time.monotonic() - self._outage_since,
-                delivered,
-            )
-            self._outage_since = None
+            return self._sender.attempt(force)
+        finally:
+            with self._delivered:
+                self._delivered.notify_all()
 
     # --- flush and close --------------------------------------------------------------------
 
@@ -376,23 +341,38 @@ class DurableMetricLogger:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._lock:
             self._flush_spool()
-        if self._thread is None or not self._thread.is_alive():
-            return self._flush_here(deadline)
+        if self._process is not None:
+            self._process.request_flush()
+        if self._sender.queue:
+            if self._thread is None or not self._thread.is_alive():
+                if not self._flush_here(deadline):
+                    return False
+            elif not self._wait_for_thread(deadline):
+                return False
+        while self.pending > 0:
+            if self._process is not None:
+                self._process.restart_if_dead()
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(_WAIT_POLL_S)
+        return True
+
+    def _wait_for_thread(self, deadline: float | None) -> bool:
         with self._delivered:
             self._force = True
             self._wake.set()
-            while self._queue:
+            while self._sender.queue:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 self._delivered.wait(remaining)
-            return True
+        return True
 
     def _flush_here(self, deadline: float | None) -> bool:
         force = True
         while not self._attempt(force):
             force = False
-            wait = max(0.0, self._retry_at - time.monotonic())
+            wait = max(0.0, self._sender.retry_at - time.monotonic())
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -402,14 +382,24 @@ class DurableMetricLogger:
         return True
 
     def close(self, timeout_s: float = 30.0) -> bool:
-        """Final flush, stops the thread; removes the spool if everything was delivered.
+        """Final flush, stops delivery; removes the spool if everything was delivered.
 
         Returns whether everything was delivered; otherwise logs an ERROR that names the spool
         and how to re-send it.
         """
         if self._closed:
-            return not self._queue
-        delivered = self.flush(timeout_s)
+            return self.pending == 0
+        started = time.monotonic()
+        with self._lock:
+            self._flush_spool()
+        if self._process is not None:
+            self._process.restart_if_dead()
+            self._process.close(timeout_s)
+            remaining = max(0.0, timeout_s - (time.monotonic() - started))
+            delivered = not self._sender.queue or self.flush(remaining)
+        else:
+            delivered = self.flush(timeout_s)
+        self._sender.stopped = True
         self._stop.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -423,14 +413,15 @@ class DurableMetricLogger:
                 except OSError as error:
                     logger.error("cannot close metric spool file %s (%s)", handle.name, error)
         _LIVE_LOGGERS.discard(self)
-        if delivered and not self._queue:
+        pending = self.pending
+        if delivered and pending == 0:
             self._remove_spool()
             return True
         logger.error(
             "%d metric points for run %s were not delivered to %s. They are kept in %s; "
             "re-send them when the server is back with `%s %s` "
             "(or DurableMetricLogger.recover(%r)).",
-            len(self._queue),
+            pending,
             self.run_id,
             self.tracking_uri,
             self.spool_path if self._spool_ok else "memory only (the spool could not be written)",
@@ -470,7 +461,7 @@ class DurableMetricLogger:
         defaults to one for the tracking URI recorded in each spool.
         """
         root = Path(spool_dir)
-        paths = [root] if root.is_file() else sorted(root.rglob(_SPOOL_GLOB))
+        paths = [root] if root.is_file() else sorted(root.rglob(SPOOL_GLOB))
         total = 0
         for path in paths:
             if path.resolve() in _open_spools():
@@ -478,11 +469,6 @@ class DurableMetricLogger:
                 continue
             total += _recover_file(path, client, max_batch, health_timeout_s)
         return total
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else "no message"
 
 
 _LIVE_LOGGERS: weakref.WeakSet[DurableMetricLogger] = weakref.WeakSet()
@@ -502,42 +488,12 @@ def _close_live_loggers() -> None:
             logger.error("closing metric logger for run %s failed: %s", live.run_id, error)
 
 
-def _read_spool(path: Path) -> tuple[dict, list[Point]]:
-    with path.open(encoding="utf-8") as handle:
-        try:
-            header = json.loads(handle.readline())
-        except ValueError:
-            header = {}
-        if not isinstance(header, dict) or header.get("format") != SPOOL_FORMAT:
-            raise SpoolRecoveryError(f"{path} is not a metric spool: its first line is no header")
-        points: list[Point] = []
-        for line in handle:
-            try:
-                key, value, timestamp, step = json.loads(line)
-            except ValueError:
-                break  # a line cut short when the process died; nothing follows it
-            points.append((key, float(value), int(timestamp), int(step)))
-    return header, points
-
-
-def _read_acked(path: Path) -> int:
-    if not path.exists():
-        return 0
-    counts = [int(line) for line in path.read_text(encoding="utf-8").split() if line.isdigit()]
-    return max(counts, default=0)
-
-
-def _iter_batches(points: list[Point], size: int) -> Iterator[list[Point]]:
-    for start in range(0, len(points), size):
-        yield points[start : start + size]
-
-
 def _recover_file(
     path: Path, client: MlflowClient | None, max_batch: int, health_timeout_s: float
 ) -> int:
-    header, points = _read_spool(path)
-    ack_path = path.with_suffix(_ACK_SUFFIX)
-    acked = _read_acked(ack_path)
+    header, points = read_spool(path)
+    ack_path = path.with_suffix(ACK_SUFFIX)
+    acked = read_acked(ack_path)
     run_id = header["run_id"]
     client = client or MlflowClient(header["tracking_uri"])
     uri = str(client.tracking_uri)
@@ -551,14 +507,14 @@ def _recover_file(
             )
     sent = 0
     with ack_path.open("a", encoding="utf-8") as acks:
-        for batch in _iter_batches(undelivered, max_batch):
+        for batch in iter_batches(undelivered, max_batch):
             metrics = [Metric(key, value, timestamp, step) for key, value, timestamp, step in batch]
             try:
                 client.log_batch(run_id, metrics=metrics)
             except Exception as error:
                 raise SpoolRecoveryError(
                     f"re-sending {path} to {uri} failed after {sent} of {len(undelivered)} "
-                    f"points ({type(error).__name__}: {_first_line(error)}); the rest stay there"
+                    f"points ({type(error).__name__}: {first_line(error)}); the rest stay there"
                 ) from error
             sent += len(batch)
             acks.write(f"{acked + sent}\n")

@@ -98,6 +98,29 @@ class Trainer:
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, targets, weight=self.class_weights)
 
+    def train_step(
+        self, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimizer step on a training batch; returns the loss, logits and targets (on
+        the device). The attached monitor records the step."""
+        monitor = self.monitor
+        targets = targets.to(self.device)
+        features = self.spec_augment(self.to_features(inputs), generator=self.generator)
+        alpha = self.config.augment.mixup_alpha
+        features, targets_a, targets_b, lam = mixup(features, targets, alpha, self.generator)
+        logits = self.model(features)
+        loss = lam * self.loss(logits, targets_a) + (1.0 - lam) * self.loss(logits, targets_b)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if monitor is not None:
+            monitor.after_backward(loss)
+        if self.config.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.optimizer.step()
+        if monitor is not None:
+            monitor.after_step()
+        return loss, logits, targets
+
     def train_epoch(
         self, loader: DataLoader, schedule: LRSchedule, epoch: int, progress: bool
     ) -> SplitResult:
@@ -106,26 +129,11 @@ class Trainer:
         dataset = loader.dataset
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        alpha = self.config.augment.mixup_alpha
-        monitor = self.monitor
         total_loss, seen = torch.zeros((), device=self.device), 0
         targets_all, predictions_all = [], []
         bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")
         for inputs, targets in bar:
-            targets = targets.to(self.device)
-            features = self.spec_augment(self.to_features(inputs), generator=self.generator)
-            features, targets_a, targets_b, lam = mixup(features, targets, alpha, self.generator)
-            logits = self.model(features)
-            loss = lam * self.loss(logits, targets_a) + (1.0 - lam) * self.loss(logits, targets_b)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if monitor is not None:
-                monitor.after_backward(loss)
-            if self.config.optim.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
-            self.optimizer.step()
-            if monitor is not None:
-                monitor.after_step()
+            loss, logits, targets = self.train_step(inputs, targets)
             schedule.step_batch()
             batch = targets.shape[0]
             total_loss += loss.detach() * batch

@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from mlflow_audiodiag import __version__, schema
 from mlflow_audiodiag.data.synthetic import default_cache_root
@@ -156,6 +157,37 @@ def _train_logged(config, store, source, stats, train_split, val_split, n_classe
             logger.error("some monitor points were not delivered; see the spool file above")
 
 
+def build_train_loader(
+    config: TrainConfig, store: FeatureStore, train_split: SplitFeatures, n_classes: int
+) -> DataLoader:
+    """The training batches: waveforms augmented on the fly (stretch and pitch drawn from
+    cached precomputed variants) when waveform augmentation is on, else cached features."""
+    loop = config.loop
+    if config.augment.uses_waveform:
+        augmenter = WaveformAugmenter(config.augment, config.features.sample_rate)
+        variants = None
+        if config.augment.uses_resampling and config.augment.resampled_variants > 0:
+            variants = resampled_variants(
+                train_split.waveforms, augmenter, store.cache_dir, loop.seed, loop.progress
+            )
+        train_dataset = AugmentedWaveformDataset(train_split, augmenter, loop.seed, variants)
+    else:
+        train_dataset = CachedFeatureDataset(train_split)
+    sampler = (
+        balanced_sampler(train_split.labels, n_classes, loop.seed)
+        if loop.class_balance == "balanced_sampler"
+        else None
+    )
+    return make_loader(
+        train_dataset,
+        loop.batch_size,
+        shuffle=True,
+        seed=loop.seed,
+        num_workers=loop.num_workers,
+        sampler=sampler,
+    )
+
+
 def _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split) -> dict:
     n_classes = len(store.classes)
     monitor.log_metrics(
@@ -177,30 +209,7 @@ def _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split) -
         trainer.normalizer(torch.from_numpy(np.array(val_split.features[:_PROBE_CLIPS])))
     )
 
-    loop = config.loop
-    if config.augment.uses_waveform:
-        augmenter = WaveformAugmenter(config.augment, config.features.sample_rate)
-        variants = None
-        if config.augment.uses_resampling and config.augment.resampled_variants > 0:
-            variants = resampled_variants(
-                train_split.waveforms, augmenter, store.cache_dir, loop.seed, loop.progress
-            )
-        train_dataset = AugmentedWaveformDataset(train_split, augmenter, loop.seed, variants)
-    else:
-        train_dataset = CachedFeatureDataset(train_split)
-    sampler = (
-        balanced_sampler(train_split.labels, n_classes, loop.seed)
-        if loop.class_balance == "balanced_sampler"
-        else None
-    )
-    train_loader = make_loader(
-        train_dataset,
-        loop.batch_size,
-        shuffle=True,
-        seed=loop.seed,
-        num_workers=loop.num_workers,
-        sampler=sampler,
-    )
+    train_loader = build_train_loader(config, store, train_split, n_classes)
     val_loader = _eval_loader(val_split, config)
 
     def on_epoch_end(result: EpochResult) -> None:

@@ -66,6 +66,37 @@ def test_update_ratio_matches_an_explicit_computation() -> None:
         assert record.metrics[f"update_ratio/{name}"] == pytest.approx(ratio, rel=1e-4)
 
 
+def _group_ratio(groups: ParameterGroups, name: str, before: dict, after: dict) -> float:
+    old = torch.cat([before[n].reshape(-1) for n, _ in groups[name]])
+    new = torch.cat([after[n].reshape(-1) for n, _ in groups[name]])
+    return (torch.linalg.vector_norm(new - old) / torch.linalg.vector_norm(old)).item()
+
+
+@pytest.mark.parametrize("interval", [1, 2])
+def test_update_ratios_over_consecutive_steps_match_weight_snapshots(interval: int) -> None:
+    model = _model()
+    groups = ParameterGroups.default(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    tracker = GradientTracker(model, groups, update_interval=interval)
+    expected = []
+    for step in range(5):
+        _backward(model, seed=step)
+        tracker.after_backward()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        tracker.before_step()
+        optimizer.step()
+        tracker.after_step()
+        after = dict(model.named_parameters())
+        expected.append({name: _group_ratio(groups, name, before, after) for name in groups})
+    records = tracker.drain()
+    for step, (record, ratios) in enumerate(zip(records, expected, strict=True)):
+        if step % interval:
+            assert not any(key.startswith("update_ratio/") for key in record.metrics)
+            continue
+        for name, ratio in ratios.items():
+            assert record.metrics[f"update_ratio/{name}"] == pytest.approx(ratio, rel=1e-4)
+
+
 def test_frozen_parameters_show_frozen_fraction_and_no_update() -> None:
     model = _model()
     for param in (*model.embedding.parameters(), model.cls_token, model.pos_embedding):

@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from support.mlflow_server import free_port
 
+from mlflow_audiodiag.monitoring import spool as spool_module
 from mlflow_audiodiag.monitoring.sink import (
     DurableMetricLogger,
     SinkConfig,
@@ -47,7 +48,7 @@ def run_id(client: MlflowClient) -> str:
 
 
 def manual(tmp_path: Path, **overrides) -> SinkConfig:
-    return SinkConfig(background=False, spool_dir=tmp_path / "spool", **overrides)
+    return SinkConfig(delivery="caller", spool_dir=tmp_path / "spool", **overrides)
 
 
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float, int]]:
@@ -90,7 +91,7 @@ def test_batches_hold_at_most_max_batch_points(client, run_id, tmp_path) -> None
 
 
 def test_spool_records_points_and_acks_then_is_removed(client, run_id) -> None:
-    sink = DurableMetricLogger(run_id, client, SinkConfig(background=False))
+    sink = DurableMetricLogger(run_id, client, SinkConfig(delivery="caller"))
     assert sink.spool_dir == default_spool_root() / run_id
     sink.log_many({"a": 1.0, "b": 2.0}, step=3, timestamp_ms=42)
     assert sink.flush()
@@ -164,7 +165,7 @@ CRASHING_TRAINER = textwrap.dedent(
     from mlflow_audiodiag.monitoring.sink import DurableMetricLogger, SinkConfig
 
     run_id, spool = sys.argv[1], sys.argv[2]
-    config = SinkConfig(background=False, flush_interval_s=0.0, spool_dir=spool)
+    config = SinkConfig(delivery="caller", flush_interval_s=0.0, spool_dir=spool)
     sink = DurableMetricLogger(run_id, MlflowClient(), config)
     for step in range(10):
         sink.log("loss", 1.0 / (step + 1), step)
@@ -204,10 +205,13 @@ def test_recover_resends_an_abandoned_spool_exactly_once(
     assert DurableMetricLogger.recover(spool, client) == 0
 
 
-def test_unreachable_server_costs_the_trainer_nothing(client, run_id, tmp_path, caplog) -> None:
+@pytest.mark.parametrize("delivery", ["process", "thread"])
+def test_unreachable_server_costs_the_trainer_nothing(
+    client, run_id, tmp_path, caplog, capfd, delivery
+) -> None:
     caplog.set_level(logging.INFO, logger=SINK_LOGGER)
     dead = MlflowClient(f"http://127.0.0.1:{free_port()}")
-    config = SinkConfig(flush_interval_s=0.05, spool_dir=tmp_path / "spool")
+    config = SinkConfig(flush_interval_s=0.05, spool_dir=tmp_path / "spool", delivery=delivery)
     sink = DurableMetricLogger(run_id, dead, config)
 
     slowest = 0.0
@@ -225,10 +229,16 @@ def test_unreachable_server_costs_the_trainer_nothing(client, run_id, tmp_path, 
     assert time.monotonic() - started < 5
     assert sink.points_delivered == 0 and sink.pending == 600
 
-    warnings = [r for r in caplog.records if r.name == SINK_LOGGER and r.levelno == logging.WARNING]
+    if delivery == "thread":
+        records = caplog.records
+        warnings = [r.getMessage() for r in records if r.name == SINK_LOGGER and r.levelno == 30]
+    else:  # the delivery process warns on the stderr it shares with the training process
+        prefix = f"WARNING {SINK_LOGGER}: "
+        lines = capfd.readouterr().err.splitlines()
+        warnings = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)]
     assert len(warnings) == 1
-    assert "unreachable" in warnings[0].getMessage()
-    assert str(sink.spool_path) in warnings[0].getMessage()
+    assert "unreachable" in warnings[0]
+    assert str(sink.spool_path) in warnings[0]
 
     assert sink.close(timeout_s=0.2) is False
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
@@ -239,3 +249,75 @@ def test_unreachable_server_costs_the_trainer_nothing(client, run_id, tmp_path, 
     assert DurableMetricLogger.recover(tmp_path / "spool", client) == 600
     assert [step for step, _, _ in history(client, run_id, "loss")] == list(range(300))
     assert spool_files(tmp_path / "spool") == []
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        ("grad_norm/encoder.0", 1e-05, 1_700_000_000_000, 3),
+        ("a b:c-d", float("nan"), 1, 2),
+        ("x", float("inf"), 1, 2),
+        ("x", float("-inf"), 1, 2),
+        ("üms/ß", 0.1 + 0.2, 5, 6),
+        ("k", 3.0, 0, -1),
+    ],
+)
+def test_spool_lines_read_back_like_json_dumps(point: tuple) -> None:
+    line = spool_module.point_line(point)
+    assert line.endswith("\n")
+    back, expected = json.loads(line), json.loads(json.dumps(point))
+    assert back[0] == expected[0] and back[2:] == expected[2:]
+    assert back[1] == expected[1] or (math.isnan(back[1]) and math.isnan(expected[1]))
+
+
+def test_a_killed_delivery_process_is_restarted_and_sends_nothing_twice(
+    client, run_id, tmp_path
+) -> None:
+    config = SinkConfig(flush_interval_s=0.05, max_batch=20, spool_dir=tmp_path / "spool")
+    sink = DurableMetricLogger(run_id, client, config)
+    for step in range(100):
+        sink.log("m", float(step), step)
+    assert sink.flush(timeout_s=30)
+    first = sink._process.process
+    first.kill()
+    first.wait()
+    for step in range(100, 200):
+        sink.log("m", float(step), step)
+    assert sink.close(timeout_s=30)
+    assert sink._process.process is not first
+    assert [step for step, _, _ in history(client, run_id, "m")] == list(range(200))
+    assert sink.points_delivered == 200 and sink.pending == 0
+
+
+ORPHANING_TRAINER = textwrap.dedent(
+    """
+    import os, sys
+    from mlflow.tracking import MlflowClient
+    from mlflow_audiodiag.monitoring.sink import DurableMetricLogger, SinkConfig
+
+    run_id, spool = sys.argv[1], sys.argv[2]
+    config = SinkConfig(flush_interval_s=0.0, spool_dir=spool)
+    sink = DurableMetricLogger(run_id, MlflowClient(), config)
+    for step in range(15):
+        sink.log("loss", 1.0 / (step + 1), step)
+    os._exit(3)  # dies without close(); its delivery process carries on
+    """
+)
+
+
+def test_the_delivery_process_outlives_a_crashed_trainer(client, run_id, tmp_path) -> None:
+    spool = tmp_path / "spool"
+    child = subprocess.run(
+        [sys.executable, "-c", ORPHANING_TRAINER, run_id, str(spool)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    assert child.returncode == 3, child.stderr
+    deadline = time.monotonic() + 60
+    while spool_files(spool) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert spool_files(spool) == []  # removed once everything had arrived
+    loss = history(client, run_id, "loss")
+    assert [step for step, _, _ in loss] == list(range(15))
