@@ -94,3 +94,10 @@ METRIC_DIAGNOSIS_FINDINGS: Final = "diagnosis/n_findings"
 ARTIFACT_DIR_DIAGNOSIS: Final = "diagnosis"
 ARTIFACT_FINDINGS: Final = "diagnosis/findings.json"
 ARTIFACT_REPORT: Final = "diagnosis/report.html"
+
+# --- Fault zoo (mlflow_audiodiag.zoo) ----------------------------------------------------------
+TAG_ZOO_SCENARIO: Final = "audiodiag.zoo.scenario"  # the scenario a run reproduces, or "all"
+TAG_ZOO_EXPECTED: Final = "audiodiag.zoo.expected_cause"  # a finding code, or "none" (healthy)
+TAG_ZOO_FAULT: Final = "audiodiag.zoo.fault"  # the deliberate fault, in words
+METRIC_ZOO_MATCHED: Final = "zoo/matched_fraction"  # share of scenarios diagnosed as expected
+ARTIFACT_ZOO_TABLE: Final = "zoo/confusion.md"

@@ -69,6 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_source_options(train)
     add_training_options(train)
 
+    zoo = commands.add_parser(
+        "zoo",
+        help="reproduce a cause of stagnant validation (or all of them) and diagnose it",
+        description="Train one fault-zoo scenario (a deliberate fault that really produces "
+        "its pattern) and diagnose the run; 'all' runs every scenario as child runs of one "
+        "parent run and prints the scenario x diagnosed-cause table.",
+    )
+    zoo.add_argument("--scenario", default="all", help="a scenario name, or all (default)")
+    zoo.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    zoo.add_argument(
+        "--experiment",
+        default=None,
+        help="MLflow experiment name (default: MLFLOW_EXPERIMENT_NAME or Default)",
+    )
+
     diagnose = commands.add_parser(
         "diagnose",
         help="diagnose a run: verdict, most likely cause, evidence and fix (written to the run)",
@@ -100,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _prepare_data(args)
         if args.command == "diagnose":
             return _diagnose(args)
+        if args.command == "zoo":
+            return _zoo(args)
         return _train(args)
     except AudioDiagError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -147,6 +164,40 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zoo(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from mlflow_audiodiag.zoo.runner import confusion_markdown, run_scenario, run_zoo
+    from mlflow_audiodiag.zoo.scenarios import SCENARIOS
+
+    if args.list:
+        for scenario in SCENARIOS.values():
+            print(f"{scenario.name:24} {scenario.fault}")
+        return 0
+    if args.scenario != "all" and args.scenario not in SCENARIOS:
+        raise ConfigError(
+            f"unknown zoo scenario {args.scenario!r}; choose one of: {', '.join(SCENARIOS)}, all"
+        )
+    uri = check_tracking_server()
+    if args.experiment:
+        mlflow.set_experiment(args.experiment)
+    every = args.scenario == "all"
+    results = run_zoo(list(SCENARIOS)) if every else [run_scenario(args.scenario)]
+    print()
+    print(confusion_markdown(results))
+    for result in results:
+        run = mlflow.get_run(result.run_id)
+        print(f"{result.scenario}: {run_page_hint(run.info.experiment_id, result.run_id, uri)}")
+    if len(results) == 1:
+        print()
+        print(_plain(run.data.tags.get("mlflow.note.content", "")))
+    return 0 if all(r.matches for r in results) else 1
+
+
+def _plain(markdown: str) -> str:
+    return markdown.replace("**", "").replace("`", "")
+
+
 def _diagnose(args: argparse.Namespace) -> int:
     import json
 
@@ -169,7 +220,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(diagnosis.to_dict(), indent=2))
     else:
-        print(summary_markdown(diagnosis).replace("**", "").replace("`", ""))
+        print(_plain(summary_markdown(diagnosis)))
     return 1 if diagnosis.verdict in args.fail_on else 0
 
 

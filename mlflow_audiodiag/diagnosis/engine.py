@@ -23,8 +23,8 @@ CAUSE_PRECEDENCE: tuple[str, ...] = (
     codes.LR_TOO_LOW,
     codes.UNNORMALIZED_FEATURES,
     codes.NORMALIZATION_MISMATCH,
-    codes.CLASS_IMBALANCE,
     codes.MAJORITY_CLASS_COLLAPSE,
+    codes.CLASS_IMBALANCE,
     codes.LABEL_NOISE,
     codes.OVERFITTING,
     codes.UNDERFITTING,
@@ -54,12 +54,14 @@ def diagnose(evidence: RunEvidence, thresholds: Thresholds = DEFAULT_THRESHOLDS)
     return Diagnosis(verdict, primary, ranked, skipped)
 
 
-def _rank_key(finding: Finding) -> tuple[int, float, int]:
-    """Causes by score (rounded), then precedence; the symptom after every cause."""
+def _rank_key(finding: Finding) -> tuple[int, int, float, int]:
+    """Causes by severity (critical first), then score (rounded), then precedence; the
+    symptom after every cause."""
     if finding.code in SYMPTOM_CODES:
-        return (1, 0.0, 0)
+        return (1, 0, 0.0, 0)
     return (
         0,
+        -finding.severity.rank,
         -round(finding.score, _SCORE_DECIMALS),
         CAUSE_PRECEDENCE.index(finding.code),
     )
@@ -79,9 +81,9 @@ def _verdict(ev: RunEvidence, t: Thresholds, by_code: dict[str, Finding]) -> Ver
         return "inconclusive"
     if codes.STAGNANT_VALIDATION in by_code or codes.MAJORITY_CLASS_COLLAPSE in by_code:
         return "stagnant"
-    improved = (
-        accuracy.max() - accuracy[0] >= t.min_improvement
-        or accuracy[-t.window_epochs :].mean() >= t.converged_accuracy
-    )
+    converged = accuracy[-t.window_epochs :].mean() >= t.converged_accuracy
+    improved = converged or accuracy.max() - accuracy[0] >= t.min_improvement
     critical = any(f.severity is Severity.CRITICAL for f in by_code.values())
-    return "healthy" if improved and not critical else "inconclusive"
+    causes = any(code not in SYMPTOM_CODES for code in by_code)
+    # Not converged yet and a cause is already visible: too early to call it healthy.
+    return "healthy" if improved and not critical and (converged or not causes) else "inconclusive"

@@ -31,6 +31,8 @@ VAL_LABELS = f"{schema.LABELS_PREFIX}{schema.SPLIT_VAL}/"
 
 # Causes inferred by ruling others out score at most this much.
 _INFERRED_CAP = 0.75
+# Score cap of a finding that is likely a consequence of another finding in the same run.
+_DOWNSTREAM_CAP = 0.5
 
 
 class MissingSignal(Exception):
@@ -219,7 +221,7 @@ def _optimization_problems(ev: RunEvidence, t: Thresholds) -> list[str]:
             found = rule(ev, t)
         except MissingSignal:
             continue
-        if found is not None:
+        if found is not None and found.severity is not Severity.INFO:
             problems.append(found.code)
     return problems
 
@@ -237,8 +239,15 @@ def stagnant_validation(ev: RunEvidence, t: Thresholds) -> Finding | None:
     slope = float(np.polyfit(rows[:, 0], window, 1)[0])
     _, counts = np.unique(window, return_counts=True)
     repeat = float(counts.max() / len(window))
-    flat = (spread <= t.flat_range and abs(slope) <= t.flat_slope) or repeat >= t.repeat_fraction
     level = float(window.mean())
+    max_range, max_slope = t.flat_range, t.flat_slope
+    n_val = _val_clips(ev)
+    noise = float(np.sqrt(level * (1.0 - level) / n_val)) if n_val else 0.0
+    max_range = max(max_range, t.flat_noise_sigmas * noise)
+    spread_x = float(np.sqrt(np.sum((rows[:, 0] - rows[:, 0].mean()) ** 2)))
+    if spread_x > 0:  # standard error of a least-squares slope through pure noise
+        max_slope = max(max_slope, 0.5 * t.flat_noise_sigmas * noise / spread_x)
+    flat = (spread <= max_range and abs(slope) <= max_slope) or repeat >= t.repeat_fraction
     if not flat or level >= t.converged_accuracy:
         return None
     majority = _majority_baseline(ev)
@@ -257,7 +266,10 @@ def stagnant_validation(ev: RunEvidence, t: Thresholds) -> Finding | None:
     }
     if majority is not None:
         evidence["majority_baseline"] = majority
-    flatness = 1.0 - spread / t.flat_range if t.flat_range > 0 else 1.0
+    if n_val:
+        evidence["val_clips"] = float(n_val)
+        evidence["val_accuracy_noise"] = noise
+    flatness = 1.0 - spread / max_range if max_range > 0 else 1.0
     return Finding(
         code=codes.STAGNANT_VALIDATION,
         severity=Severity.CRITICAL
@@ -266,8 +278,8 @@ def stagnant_validation(ev: RunEvidence, t: Thresholds) -> Finding | None:
         title=f"Validation accuracy is flat at {level:.3f} over {evidence['window']}",
         evidence=evidence,
         thresholds={
-            "flat_range": t.flat_range,
-            "flat_slope": t.flat_slope,
+            "flat_range": max_range,
+            "flat_slope": max_slope,
             "repeat_fraction": t.repeat_fraction,
             "converged_accuracy": t.converged_accuracy,
         },
@@ -279,6 +291,15 @@ def stagnant_validation(ev: RunEvidence, t: Thresholds) -> Finding | None:
         ),
         score=_score(max(repeat, flatness)),
     )
+
+
+def _val_clips(ev: RunEvidence) -> float | None:
+    """Number of val clips, from the label statistics or the dataset summary."""
+    for name in (VAL_LABELS + "n", f"{schema.METRIC_CLIPS_PREFIX}{schema.SPLIT_VAL}"):
+        value = ev.latest(name)
+        if value is not None and value > 0:
+            return value
+    return None
 
 
 def _trailing_repeats(values: np.ndarray) -> int:
@@ -589,9 +610,10 @@ def vanishing_gradients(ev: RunEvidence, t: Thresholds) -> Finding | None:
         _log_ramp(smallest, t.vanishing_norm, t.vanishing_norm / 100),
     )
     all_zero = all(v < t.vanishing_norm for v in medians.values())
+    # An order of magnitude past the threshold, the early layers practically do not learn.
     return Finding(
         code=codes.VANISHING_GRADIENTS,
-        severity=Severity.CRITICAL if all_zero else Severity.WARNING,
+        severity=Severity.CRITICAL if all_zero or strength >= 0.5 else Severity.WARNING,
         title=(
             "Gradients vanish: "
             + (
@@ -646,9 +668,13 @@ def exploding_gradients(ev: RunEvidence, t: Thresholds) -> Finding | None:
         _log_ramp(late, t.grad_norm_high, 10 * t.grad_norm_high),
         float(blowup),
     )
+    clip = _param_float(ev, "optim.grad_clip")
+    # Isolated spikes under active clipping never reach the weights at full size.
+    contained = not (blowup or by_growth or by_level) and clip is not None and clip > 0
+    severity = Severity.CRITICAL if blowup else Severity.INFO if contained else Severity.WARNING
     return Finding(
         code=codes.EXPLODING_GRADIENTS,
-        severity=Severity.CRITICAL if blowup else Severity.WARNING,
+        severity=severity,
         title="Gradients explode"
         + (" and the loss diverges" if blowup else f" (max/median {spike:.0f}x)"),
         evidence=evidence,
@@ -1003,6 +1029,14 @@ def attention_collapse(ev: RunEvidence, t: Thresholds) -> Finding | None:
             "too-low LR and train longer (-P epochs)."
         )
         strength = _ramp(mean, t.attention_entropy_high, 1.0)
+    cap = _INFERRED_CAP
+    try:
+        upstream = _optimization_problems(ev, t)
+    except MissingSignal:
+        upstream = []
+    if upstream:  # a measured optimization problem explains the attention better
+        evidence["optimization_findings"] = ", ".join(upstream)
+        cap = _DOWNSTREAM_CAP
     return Finding(
         code=codes.ATTENTION_COLLAPSE,
         severity=Severity.WARNING if collapsed else Severity.INFO,
@@ -1013,7 +1047,7 @@ def attention_collapse(ev: RunEvidence, t: Thresholds) -> Finding | None:
             "attention_entropy_high": t.attention_entropy_high,
         },
         fix=fix,
-        score=_score(strength, _INFERRED_CAP),
+        score=_score(strength, cap),
     )
 
 

@@ -44,6 +44,10 @@ class Thresholds:
     flat_range: float = 0.01
     # Val accuracy with |least-squares slope per epoch| over the window at or below this is flat.
     flat_slope: float = 0.002
+    # On a small val set accuracy jitters by sampling noise alone: when the number of val clips
+    # is known, the range limit widens to this many standard errors sqrt(p(1-p)/n_val) and the
+    # slope limit to half as many standard errors of a least-squares slope through such noise.
+    flat_noise_sigmas: float = 3.0
     # Share of window epochs with exactly the same val accuracy at or above which it is flat.
     repeat_fraction: float = 0.8
     # Window-mean val accuracy at or above this is converged, not stagnant.

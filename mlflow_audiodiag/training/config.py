@@ -106,6 +106,45 @@ class LoopConfig:
 
 
 @dataclass(frozen=True)
+class FaultConfig:
+    """Deliberate training faults, all off by default: the fault zoo uses them to reproduce
+    each cause of stagnant validation for real (see :mod:`mlflow_audiodiag.zoo`).
+
+    ``shuffle_labels``: each training batch's labels are permuted against its clips, as when
+    features and labels are shuffled separately (labels no longer match the audio).
+    ``freeze``: comma-separated parameter-name prefixes whose ``requires_grad`` is turned off.
+    ``skip_optimizer_step``: ``backward()`` runs but ``optimizer.step()`` never does.
+    ``eval_feature_offset``: added to every val/test feature before normalization, as if those
+    clips came through a different front end (for log-mel, +1 is a 4.3 dB gain).
+    ``attention_init_scale``: multiplies the initial query/key projection weights.
+    ``embedding_saturation``: > 0 puts ``sigmoid(x + saturation)`` on the token embeddings
+    (patches plus positions), a squashing step whose bias drives it deep into saturation.
+    ``labels_to_class0``: share of training labels turned into class 0, as when a label
+    lookup silently falls back to the first class (e.g. on a case mismatch).
+    """
+
+    shuffle_labels: bool = False
+    freeze: str = ""
+    skip_optimizer_step: bool = False
+    eval_feature_offset: float = 0.0
+    attention_init_scale: float = 1.0
+    embedding_saturation: float = 0.0
+    labels_to_class0: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.attention_init_scale <= 0:
+            raise ConfigError(f"attention_init_scale must be > 0, got {self.attention_init_scale}")
+        if not 0.0 <= self.labels_to_class0 <= 1.0:
+            raise ConfigError(f"labels_to_class0 must be in [0, 1], got {self.labels_to_class0}")
+        if self.embedding_saturation < 0:
+            raise ConfigError("embedding_saturation must be >= 0")
+
+    @property
+    def active(self) -> bool:
+        return self != FaultConfig()
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs; every leaf is logged as an MLflow param."""
 
@@ -116,6 +155,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -156,6 +196,7 @@ _SECTION_TYPES: dict[str, type] = {
     "optim": OptimConfig,
     "loop": LoopConfig,
     "monitor": MonitorConfig,
+    "faults": FaultConfig,
 }
 
 # Flat option names that would otherwise be ambiguous or unclear on the command line.

@@ -105,6 +105,9 @@ class Trainer:
         the device). The attached monitor records the step."""
         monitor = self.monitor
         targets = targets.to(self.device)
+        if self.config.faults.shuffle_labels:
+            order = torch.randperm(len(targets), generator=self.generator).to(self.device)
+            targets = targets[order]
         features = self.spec_augment(self.to_features(inputs), generator=self.generator)
         alpha = self.config.augment.mixup_alpha
         features, targets_a, targets_b, lam = mixup(features, targets, alpha, self.generator)
@@ -116,7 +119,8 @@ class Trainer:
             monitor.after_backward(loss)
         if self.config.optim.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
-        self.optimizer.step()
+        if not self.config.faults.skip_optimizer_step:
+            self.optimizer.step()
         if monitor is not None:
             monitor.after_step()
         return loss, logits, targets

@@ -34,6 +34,7 @@ from mlflow_audiodiag.training.datasets import (
     class_counts,
     make_loader,
 )
+from mlflow_audiodiag.training.faults import apply_data_faults, apply_model_faults
 from mlflow_audiodiag.training.loop import EpochResult, SplitResult, Trainer
 from mlflow_audiodiag.training.metrics import majority_fraction
 
@@ -86,6 +87,7 @@ def train(config: TrainConfig, cache_root: Path | None = None) -> TrainResult:
         waveform_splits=("train",) if config.augment.uses_waveform else (),
         progress=config.loop.progress,
     )
+    store = apply_data_faults(store, config.faults, config.loop.seed)
     train_split = store.split(schema.SPLIT_TRAIN)
     val_split = store.split(schema.SPLIT_VAL)
     if val_split is None:
@@ -143,6 +145,7 @@ def _train_logged(config, store, source, stats, train_split, val_split, n_classe
     model = AudioTransformer(
         config.features.n_bins, config.features.n_frames, n_classes, config.model
     )
+    apply_model_faults(model, config.faults)
     counts = class_counts(train_split.labels, n_classes)
     class_weights = None
     if config.loop.class_balance == "weighted_loss":

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mlflow_audiodiag.diagnosis import findings as codes
-from mlflow_audiodiag.diagnosis.engine import CAUSE_PRECEDENCE, diagnose
+from mlflow_audiodiag.diagnosis.engine import CAUSE_PRECEDENCE, _rank_key, diagnose
 from mlflow_audiodiag.diagnosis.evidence import RunEvidence
 from mlflow_audiodiag.diagnosis.findings import Diagnosis, Finding, Severity
 from mlflow_audiodiag.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
@@ -133,16 +133,21 @@ def test_tied_causes_follow_the_documented_precedence() -> None:
     scores = {f.code: f.score for f in result.findings}
     assert scores[codes.CLASS_IMBALANCE] == scores[codes.MAJORITY_CLASS_COLLAPSE] == 1.0
     assert result.verdict == "stagnant"
-    assert result.primary_cause == codes.CLASS_IMBALANCE
-    assert [f.code for f in result.findings[:2]] == [
-        codes.CLASS_IMBALANCE,
-        codes.MAJORITY_CLASS_COLLAPSE,
-    ]
+    # A model that has collapsed is named for the collapse; the imbalance behind it follows.
+    assert result.primary_cause == codes.MAJORITY_CLASS_COLLAPSE
+    ranked = [f.code for f in result.findings]
+    assert ranked.index(codes.MAJORITY_CLASS_COLLAPSE) < ranked.index(codes.CLASS_IMBALANCE)
     assert scores[codes.LABEL_NOISE] < 1.0  # inferred causes rank below measured ones
 
     unscaled = diagnose(_collapsed_on_imbalance(**{"features/normalized/train/std": 30.0}))
     assert unscaled.finding(codes.UNNORMALIZED_FEATURES).score == 1.0
     assert unscaled.primary_cause == codes.UNNORMALIZED_FEATURES
+
+
+def test_a_critical_cause_outranks_a_better_scored_warning() -> None:
+    critical = Finding("label_noise", Severity.CRITICAL, "t", {}, {}, "f", score=0.6)
+    warning = Finding("attention_collapse", Severity.WARNING, "t", {}, {}, "f", score=0.75)
+    assert sorted([warning, critical], key=_rank_key) == [critical, warning]
 
 
 def test_a_higher_score_beats_precedence() -> None:
@@ -207,6 +212,17 @@ def test_an_improving_run_with_a_critical_finding_is_inconclusive_with_its_cause
     assert result.primary_cause == codes.UNNORMALIZED_FEATURES
 
 
+def test_a_warning_cause_blocks_healthy_only_until_the_run_converges() -> None:
+    imbalanced = {"labels/train/imbalance_ratio": 20.0}
+    rising = list(np.linspace(0.3, 0.8, EPOCHS))  # still improving, not converged
+    early = diagnose(healthy(val=rising, summary=imbalanced))
+    assert early.finding(codes.CLASS_IMBALANCE).severity is Severity.WARNING
+    assert (early.verdict, early.primary_cause) == ("inconclusive", codes.CLASS_IMBALANCE)
+    converged = diagnose(healthy(summary=imbalanced))
+    assert (converged.verdict, converged.primary_cause) == ("healthy", None)
+    assert converged.finding(codes.CLASS_IMBALANCE) is not None
+
+
 def test_every_check_without_its_signal_is_listed_as_skipped() -> None:
     empty = diagnose(RunEvidence())
     assert empty.verdict == "inconclusive"
@@ -238,8 +254,8 @@ def test_cause_precedence_is_the_documented_order_and_covers_every_cause() -> No
         "lr_too_low",
         "unnormalized_features",
         "normalization_mismatch",
-        "class_imbalance",
         "majority_class_collapse",
+        "class_imbalance",
         "label_noise",
         "overfitting",
         "underfitting",

@@ -87,6 +87,31 @@ def test_stagnant_validation_flat_by_range_slope_or_repeats(
     assert (fires(rules.stagnant_validation, _val(window)) is not None) is flat
 
 
+@pytest.mark.parametrize(
+    ("n_val", "flat"),
+    [
+        (None, False),  # range 0.06: not flat without knowing the val set's size
+        (84, True),  # 3 standard errors of accuracy ~0.7 on 84 clips = 0.15
+        (2000, False),  # on 2,000 clips 0.06 is far beyond sampling noise (0.03)
+    ],
+)
+def test_stagnant_validation_tolerates_sampling_noise_of_small_val_sets(n_val, flat) -> None:
+    window = [0.70, 0.74, 0.68, 0.73, 0.70]
+    summary = {"labels/val/n": float(n_val)} if n_val else None
+    ev = evidence({"val/accuracy": [0.2, 0.3, *window]}, summary=summary)
+    finding = fires(rules.stagnant_validation, ev)
+    assert (finding is not None) is flat
+    if finding:
+        assert finding.evidence["val_clips"] == n_val
+        assert finding.thresholds["flat_range"] > T.flat_range
+
+
+def test_stagnant_validation_noise_tolerance_keeps_a_climbing_run_out() -> None:
+    climbing = [0.50, 0.55, 0.60, 0.65, 0.70]  # +0.05 per epoch: well beyond the slope noise
+    ev = evidence({"val/accuracy": [0.2, 0.3, *climbing]}, summary={"labels/val/n": 84.0})
+    assert fires(rules.stagnant_validation, ev) is None
+
+
 @pytest.mark.parametrize(("level", "flat"), [(0.895, True), (0.905, False)])
 def test_stagnant_validation_plateau_above_converged_accuracy_is_not_stagnation(
     level: float, flat: bool
@@ -331,6 +356,12 @@ def test_vanishing_gradients_judges_recent_steps_and_skips_frozen_groups() -> No
     assert fires(rules.vanishing_gradients, frozen) is None
 
 
+@pytest.mark.parametrize(("ratio", "severity"), [(2e-4, "warning"), (5e-5, "critical")])
+def test_vanishing_gradients_an_order_past_the_threshold_is_critical(ratio, severity) -> None:
+    ev = evidence(steps=_grads({"head": 1.0, "encoder.0": 0.5, "embedding": ratio}))
+    assert fires(rules.vanishing_gradients, ev).severity == severity
+
+
 def test_vanishing_gradients_missing_signal() -> None:
     ev = evidence(steps={"grad_norm/total": [1.0] * 5})
     assert missing(rules.vanishing_gradients, ev) == "grad_norm/<group>"
@@ -366,6 +397,13 @@ def test_exploding_gradients_reports_loss_blowup(last_loss: float, blowup: bool)
     assert finding.evidence["loss_blowup"] == float(blowup)
     assert (finding.severity is Severity.CRITICAL) is blowup
     assert "grad_clip" in finding.fix
+
+
+@pytest.mark.parametrize(("clip", "severity"), [("0.0", "warning"), ("1.0", "info")])
+def test_exploding_gradients_isolated_spikes_under_clipping_are_info(clip, severity) -> None:
+    values = [1.0] * 20 + [500.0] + [1.0] * 19
+    ev = evidence(steps={"grad_norm/total": values}, params={"optim.grad_clip": clip})
+    assert fires(rules.exploding_gradients, ev).severity == severity
 
 
 def test_exploding_gradients_missing_signal() -> None:
@@ -619,6 +657,18 @@ def test_attention_collapse_uniform_attention(mean: float, uniform: bool) -> Non
     assert (finding is not None) is uniform
     if finding:
         assert finding.severity is Severity.INFO and "uniform" in finding.title
+
+
+def test_attention_collapse_ranks_below_a_measured_optimization_problem() -> None:
+    collapsed = {f"attention_entropy/layer{i}": [0.98, 0.9] + [0.0] * 5 for i in range(2)}
+    alone = fires(rules.attention_collapse, evidence(collapsed, steps=healthy_steps()))
+    steps = healthy_steps()
+    for group in GROUPS:
+        steps[f"update_ratio/{group}"] = [0.2] * N_STEPS  # far above update_ratio_high
+    downstream = fires(rules.attention_collapse, evidence(collapsed, steps=steps))
+    assert alone.score == 0.75 and "optimization_findings" not in alone.evidence
+    assert downstream.score == 0.5
+    assert downstream.evidence["optimization_findings"] == codes.LR_TOO_HIGH
 
 
 def test_attention_collapse_missing_signal() -> None:

@@ -1,0 +1,1 @@
+"""The fault zoo: reproducible training scenarios, one per cause of stagnant validation."""
