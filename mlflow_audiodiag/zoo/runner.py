@@ -71,10 +71,11 @@ def run_zoo(names: list[str], **overrides: Any) -> list[ZooResult]:
 
 
 def confusion_markdown(results: list[ZooResult]) -> str:
-    """Scenario x diagnosed cause: one row per scenario, the diagnosed cause marked."""
-    causes = sorted(
-        {r.primary_cause or "none" for r in results} | {r.expected_cause or "none" for r in results}
-    )
+    """Scenario x diagnosed cause: one row per scenario, the diagnosed cause marked
+    (``none``: no primary cause, as a healthy run should have)."""
+    expected = [r.expected_cause or "none" for r in results]
+    extra = sorted({r.primary_cause or "none" for r in results} - set(expected))
+    causes = list(dict.fromkeys(expected)) + extra  # scenario order: matches on the diagonal
     header = "| scenario | verdict | " + " | ".join(causes) + " | match |"
     lines = [header, "|" + "---|" * (len(causes) + 3)]
     for r in results:
