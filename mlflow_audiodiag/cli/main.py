@@ -188,9 +188,10 @@ def _zoo(args: argparse.Namespace) -> int:
     for result in results:
         run = mlflow.get_run(result.run_id)
         print(f"{result.scenario}: {run_page_hint(run.info.experiment_id, result.run_id, uri)}")
-    if len(results) == 1:
+    if len(results) == 1:  # what the run's page shows as its description
+        note = run.data.tags.get("mlflow.note.content", "")
         print()
-        print(_plain(run.data.tags.get("mlflow.note.content", "")))
+        print(_plain("\n".join(line for line in note.splitlines() if not line.startswith("<!--"))))
     return 0 if all(r.matches for r in results) else 1
 
 
