@@ -33,6 +33,7 @@ METRIC_STOPPED_EARLY: Final = "train/stopped_early"
 
 TAG_DATA_SOURCE: Final = "audiodiag.data_source"
 TAG_PACKAGE_VERSION: Final = "audiodiag.version"
+TAG_WORLD_SIZE: Final = "audiodiag.world_size"  # processes that trained the run (DDP), "1" alone
 
 ARTIFACT_CONFIG: Final = "config.json"
 ARTIFACT_NORMALIZATION: Final = "data/normalization.json"

@@ -152,6 +152,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.experiment:
         mlflow.set_experiment(args.experiment)
     result = train(config)
+    if result.rank != 0:  # another DDP rank: rank 0 reports the job's run
+        return 0
     print()
     print(f"run id:              {result.run_id}")
     print(f"validation accuracy: {result.best_val_accuracy:.4f} (best epoch {result.best_epoch})")

@@ -148,6 +148,7 @@ class TrainingMonitor:
         stage: str = "normalized",
         waveforms: Iterable[ArrayLike] | None = None,
         levels: ArrayLike | None = None,
+        accumulated: FeatureStatsAccumulator | None = None,
     ) -> None:
         """Label histogram of ``split`` and, when given, statistics of its features.
 
@@ -157,7 +158,9 @@ class TrainingMonitor:
         with the train split of the same stage (standardized mean difference per bin).
         ``waveforms`` (an iterable of mono clips in [-1, 1]) or precomputed ``levels``
         (``[clips, 3]`` rows of :func:`~mlflow_audiodiag.data.audio_io.clip_levels`) give the
-        fractions of silent and clipped clips.
+        fractions of silent and clipped clips. ``accumulated`` replaces ``features`` with
+        statistics already accumulated elsewhere (under DDP: every rank's shard, merged by
+        :func:`~mlflow_audiodiag.monitoring.distributed.merge_from_ranks`).
         """
         if waveforms is not None:
             levels = np.array([clip_levels(_to_numpy(w)) for w in waveforms]).reshape(-1, 3)
@@ -169,11 +172,13 @@ class TrainingMonitor:
             stats = label_statistics(labels_np, list(classes))
             self._label_stats[split] = stats
             self._log_now(_prefixed(f"{schema.LABELS_PREFIX}{split}/", stats.metrics()))
-        if features is None:
+        if features is None and accumulated is None:
             return
-        accumulator = FeatureStatsAccumulator()
-        for batch in _batches(features):
-            accumulator.update(batch)
+        accumulator = accumulated
+        if accumulator is None:
+            accumulator = FeatureStatsAccumulator()
+            for batch in _batches(features):
+                accumulator.update(batch)
         feature_stats = accumulator.result()
         self._feature_stats[(stage, split)] = feature_stats
         metrics = _prefixed(f"{schema.FEATURES_PREFIX}{stage}/{split}/", feature_stats.metrics())

@@ -176,6 +176,29 @@ class FeatureStatsAccumulator:
             clip_max = np.where(finite, values, -np.inf).max(axis=(1, 2))
             self._silent += int((np.isfinite(clip_max) & (clip_max < self.silent_below)).sum())
 
+    def merge(self, other: FeatureStatsAccumulator) -> FeatureStatsAccumulator:
+        """Adds everything ``other`` has seen (e.g. another DDP rank's shard); returns self."""
+        if other._mean is None:
+            return self
+        if self._mean is None:
+            self._count, self._mean, self._m2 = other._count, other._mean, other._m2
+            self._min, self._max = other._min, other._max
+        else:
+            if len(other._mean) != len(self._mean):
+                raise ValueError(
+                    f"cannot merge statistics of {len(other._mean)} bins into {len(self._mean)}"
+                )
+            self._count, self._mean, self._m2 = merge_moments(
+                self._count, self._mean, self._m2, other._count, other._mean, other._m2
+            )
+            self._min = np.minimum(self._min, other._min)
+            self._max = np.maximum(self._max, other._max)
+        self._nan += other._nan
+        self._inf += other._inf
+        self._clips += other._clips
+        self._silent += other._silent
+        return self
+
     def result(self) -> FeatureStats:
         """The statistics of every batch so far (NaN where nothing finite was seen)."""
         empty = np.zeros(0)

@@ -121,6 +121,7 @@ class FaultConfig:
     (patches plus positions), a squashing step whose bias drives it deep into saturation.
     ``labels_to_class0``: share of training labels turned into class 0, as when a label
     lookup silently falls back to the first class (e.g. on a case mismatch).
+    ``fail_rank``: the (DDP) rank that raises at its first training step; -1: none.
     """
 
     shuffle_labels: bool = False
@@ -130,6 +131,7 @@ class FaultConfig:
     attention_init_scale: float = 1.0
     embedding_saturation: float = 0.0
     labels_to_class0: float = 0.0
+    fail_rank: int = -1
 
     def __post_init__(self) -> None:
         if self.attention_init_scale <= 0:

@@ -17,6 +17,11 @@ from tqdm.auto import tqdm
 from mlflow_audiodiag.features.augment import SpecAugment, mixup
 from mlflow_audiodiag.features.extractor import FeatureExtractor
 from mlflow_audiodiag.features.normalization import FeatureNormalizer
+from mlflow_audiodiag.monitoring.distributed import (
+    DistContext,
+    broadcast_from_main,
+    gather_objects,
+)
 from mlflow_audiodiag.monitoring.monitor import TrainingMonitor
 from mlflow_audiodiag.training.config import TrainConfig
 from mlflow_audiodiag.training.metrics import ClassificationScores, classification_scores
@@ -71,16 +76,24 @@ class Trainer:
         n_classes: int,
         class_weights: torch.Tensor | None = None,
         device: torch.device | str = "cpu",
+        dist_ctx: DistContext | None = None,
     ) -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device)
+        self.dist = dist_ctx or DistContext()
+        self.module = model.to(self.device)  # the model itself, also under DDP
+        self.model: nn.Module = self.module
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(
+                self.module, device_ids=ids, broadcast_buffers=False
+            )
         self.extractor = extractor.to(self.device)
         self.normalizer = normalizer.to(self.device)
         self.spec_augment = SpecAugment(config.augment).to(self.device)
         self.config = config
         self.n_classes = n_classes
         self.class_weights = None if class_weights is None else class_weights.to(self.device)
-        self.optimizer = build_optimizer(model, config.optim)
+        self.optimizer = build_optimizer(self.module, config.optim)
         self.generator = torch.Generator().manual_seed(config.loop.seed)
         self.monitor: TrainingMonitor | None = None
 
@@ -104,6 +117,8 @@ class Trainer:
         """One optimizer step on a training batch; returns the loss, logits and targets (on
         the device). The attached monitor records the step."""
         monitor = self.monitor
+        if self.config.faults.fail_rank == self.dist.rank:
+            raise RuntimeError(f"deliberate failure on rank {self.dist.rank} (faults.fail_rank)")
         targets = targets.to(self.device)
         if self.config.faults.shuffle_labels:
             order = torch.randperm(len(targets), generator=self.generator).to(self.device)
@@ -133,6 +148,8 @@ class Trainer:
         dataset = loader.dataset
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
+        if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler: a new shuffle per epoch
+            loader.sampler.set_epoch(epoch)
         total_loss, seen = torch.zeros((), device=self.device), 0
         targets_all, predictions_all = [], []
         bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")
@@ -144,23 +161,48 @@ class Trainer:
             seen += batch
             targets_all.append(targets)
             predictions_all.append(logits.detach().argmax(dim=1))
-        return self._result(total_loss.item() / seen, targets_all, predictions_all)
+        return self._gathered(total_loss.item(), seen, targets_all, predictions_all)
 
     @torch.no_grad()
     def evaluate(self, loader: DataLoader) -> SplitResult:
-        self.model.eval()
+        """Loss and scores on ``loader``'s split; under DDP each rank passes its shard and
+        every rank gets the result over all of them."""
+        self.module.eval()
         total_loss, seen = torch.zeros((), device=self.device), 0
         targets_all, logits_all = [], []
         for inputs, targets in loader:
             targets = targets.to(self.device)
-            logits = self.model(self.to_features(inputs))
+            logits = self.module(self.to_features(inputs))
             total_loss += F.cross_entropy(logits, targets, reduction="sum")
             seen += targets.shape[0]
             targets_all.append(targets)
             logits_all.append(logits)
-        logits_np = torch.cat(logits_all).float().cpu().numpy()
+        logits_np = torch.cat(logits_all).float().cpu().numpy() if logits_all else None
+        if logits_np is None:
+            logits_np = np.zeros((0, self.n_classes), dtype=np.float32)
+        logits_np = np.concatenate(gather_objects(logits_np, self.dist))
         predictions = [torch.from_numpy(logits_np.argmax(axis=1))]
-        return self._result(total_loss.item() / seen, targets_all, predictions, logits_np)
+        return self._gathered(total_loss.item(), seen, targets_all, predictions, logits_np)
+
+    def _gathered(
+        self,
+        loss_sum: float,
+        seen: int,
+        targets: list[torch.Tensor],
+        predictions: list[torch.Tensor],
+        logits: np.ndarray | None = None,
+    ) -> SplitResult:
+        """The result over every rank's batches (the local ones without DDP)."""
+        local = torch.cat(targets).cpu() if targets else torch.zeros(0, dtype=torch.long)
+        if not self.dist.enabled:
+            return self._result(loss_sum / seen, [local], predictions, logits)
+        parts = gather_objects((loss_sum, seen, local), self.dist)
+        total = sum(part[1] for part in parts)
+        all_targets = [part[2] for part in parts]
+        if logits is None:  # training: gather the predictions too
+            local_pred = torch.cat(predictions).cpu()
+            predictions = gather_objects(local_pred, self.dist)
+        return self._result(sum(p[0] for p in parts) / total, all_targets, predictions, logits)
 
     def fit(
         self,
@@ -201,7 +243,9 @@ class Trainer:
                 best_state = copy.deepcopy(self.model.state_dict())
             stale = 0 if (improved_acc or improved_loss) else stale + 1
             patience_spent = loop.early_stopping_patience and stale >= loop.early_stopping_patience
-            if patience_spent or (should_stop is not None and should_stop()):
+            # Rank 0 decides (its live check); every rank stops at the same epoch.
+            stop = broadcast_from_main(should_stop is not None and should_stop(), self.dist)
+            if patience_spent or stop:
                 best.stopped_early = True
                 break
         assert best is not None

@@ -10,20 +10,28 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from mlflow_audiodiag import __version__, schema
 from mlflow_audiodiag.data.synthetic import default_cache_root
 from mlflow_audiodiag.diagnosis.live import LiveStagnationCheck
 from mlflow_audiodiag.diagnosis.writeback import diagnose_run
-from mlflow_audiodiag.errors import DataError
+from mlflow_audiodiag.errors import ConfigError, DataError
 from mlflow_audiodiag.features.augment import WaveformAugmenter
 from mlflow_audiodiag.features.extractor import FeatureExtractor
 from mlflow_audiodiag.features.normalization import FeatureNormalizer, fit_normalization
 from mlflow_audiodiag.features.store import FeatureStore, SplitFeatures, build_feature_store
 from mlflow_audiodiag.features.variants import resampled_variants
 from mlflow_audiodiag.model.transformer import AudioTransformer
+from mlflow_audiodiag.monitoring.distributed import (
+    DistContext,
+    barrier,
+    concat_from_ranks,
+    merge_from_ranks,
+    shard_indices,
+)
 from mlflow_audiodiag.monitoring.monitor import TrainingMonitor
+from mlflow_audiodiag.monitoring.statistics import FeatureStatsAccumulator
 from mlflow_audiodiag.training import artifacts
 from mlflow_audiodiag.training.config import TrainConfig
 from mlflow_audiodiag.training.dataset_source import resolve_clip_table
@@ -33,6 +41,13 @@ from mlflow_audiodiag.training.datasets import (
     balanced_sampler,
     class_counts,
     make_loader,
+)
+from mlflow_audiodiag.training.distributed import (
+    RankFailure,
+    device_for,
+    init_distributed,
+    peer_failed,
+    shutdown,
 )
 from mlflow_audiodiag.training.faults import apply_data_faults, apply_model_faults
 from mlflow_audiodiag.training.loop import EpochResult, SplitResult, Trainer
@@ -56,6 +71,7 @@ class TrainResult:
     classes: list[str]
     verdict: str | None = None
     primary_cause: str | None = None
+    rank: int = 0  # under DDP only rank 0 has a run (the others report empty ids)
 
 
 def seed_everything(seed: int) -> None:
@@ -76,8 +92,26 @@ def train(config: TrainConfig, cache_root: Path | None = None) -> TrainResult:
     When launched by ``mlflow run``, the run that MLflow created (``MLFLOW_RUN_ID``) is used.
     The run ends FAILED if anything raises, KILLED on Ctrl-C.
     """
+    ctx = init_distributed(config.loop.device)
+    try:
+        return _train(config, cache_root, ctx)
+    except RuntimeError as error:
+        if ctx.enabled and peer_failed(error):
+            raise RankFailure(
+                f"rank {ctx.rank}: another rank of this job failed or left ({error}); its own "
+                "error is printed above"
+                + ("; the MLflow run is marked FAILED" if ctx.is_main else "")
+            ) from error
+        raise
+    finally:
+        shutdown()
+
+
+def _train(config: TrainConfig, cache_root: Path | None, ctx: DistContext) -> TrainResult:
     seed_everything(config.loop.seed)
     cache_root = Path(cache_root) if cache_root else default_cache_root()
+    if not ctx.is_main:
+        barrier(ctx)  # rank 0 generates and caches the data first
     table, source = resolve_clip_table(config.data, config.features, config.loop.progress)
     store = build_feature_store(
         table,
@@ -85,8 +119,10 @@ def train(config: TrainConfig, cache_root: Path | None = None) -> TrainResult:
         cache_root,
         on_bad_file=config.data.on_bad_file,
         waveform_splits=("train",) if config.augment.uses_waveform else (),
-        progress=config.loop.progress,
+        progress=config.loop.progress and ctx.is_main,
     )
+    if ctx.is_main:
+        barrier(ctx)
     store = apply_data_faults(store, config.faults, config.loop.seed)
     train_split = store.split(schema.SPLIT_TRAIN)
     val_split = store.split(schema.SPLIT_VAL)
@@ -98,11 +134,15 @@ def train(config: TrainConfig, cache_root: Path | None = None) -> TrainResult:
         _feature_chunks(train_split), config.data.normalization
     )  # training split only: val/test never reach the fit
     n_classes = len(store.classes)
+    splits = (train_split, val_split, n_classes)
+    if not ctx.is_main:  # other DDP ranks train and evaluate; they never touch MLflow
+        result = _train_logged(config, store, source, stats, *splits, ctx)
+        return TrainResult("", "", rank=ctx.rank, **result)
 
     active = mlflow.active_run()
     run = active or mlflow.start_run()
     try:
-        result = _train_logged(config, store, source, stats, train_split, val_split, n_classes)
+        result = _train_logged(config, store, source, stats, *splits, ctx)
     except KeyboardInterrupt:
         if active is None:
             mlflow.end_run(status="KILLED")
@@ -134,11 +174,19 @@ def _diagnose(run_id: str) -> tuple[str | None, str | None]:
     return diagnosis.verdict, diagnosis.primary_cause
 
 
-def _train_logged(config, store, source, stats, train_split, val_split, n_classes) -> dict:
-    device = resolve_device(config.loop.device)
-    mlflow.log_params(config.to_params())
-    mlflow.set_tags({schema.TAG_DATA_SOURCE: source, schema.TAG_PACKAGE_VERSION: __version__})
-    artifacts.log_dataset_summary(config, store, stats)
+def _train_logged(config, store, source, stats, train_split, val_split, n_classes, ctx) -> dict:
+    """Training and evaluation on every rank; logging (and the monitor) on rank 0 only."""
+    device = device_for(ctx, resolve_device(config.loop.device))
+    if ctx.is_main:
+        mlflow.log_params(config.to_params())
+        mlflow.set_tags(
+            {
+                schema.TAG_DATA_SOURCE: source,
+                schema.TAG_PACKAGE_VERSION: __version__,
+                schema.TAG_WORLD_SIZE: str(ctx.world_size),
+            }
+        )
+        artifacts.log_dataset_summary(config, store, stats)
 
     extractor = FeatureExtractor(config.features)
     normalizer = FeatureNormalizer(stats)
@@ -150,21 +198,31 @@ def _train_logged(config, store, source, stats, train_split, val_split, n_classe
     class_weights = None
     if config.loop.class_balance == "weighted_loss":
         class_weights = torch.as_tensor(counts.sum() / (n_classes * counts), dtype=torch.float32)
-    trainer = Trainer(model, extractor, normalizer, config, n_classes, class_weights, device)
-    monitor = TrainingMonitor(trainer.model, trainer.optimizer, config=config.monitor)
-    trainer.attach(monitor)
+    trainer = Trainer(
+        model, extractor, normalizer, config, n_classes, class_weights, device, dist_ctx=ctx
+    )
+    monitor = None
+    if ctx.is_main:  # gradients are synchronized across ranks: rank 0 sees the job's
+        monitor = TrainingMonitor(trainer.module, trainer.optimizer, config=config.monitor)
+        trainer.attach(monitor)
     try:
-        return _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split)
+        return _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split, ctx)
     finally:
-        if not monitor.close():
+        if monitor is not None and not monitor.close():
             logger.error("some monitor points were not delivered; see the spool file above")
 
 
 def build_train_loader(
-    config: TrainConfig, store: FeatureStore, train_split: SplitFeatures, n_classes: int
+    config: TrainConfig,
+    store: FeatureStore,
+    train_split: SplitFeatures,
+    n_classes: int,
+    ctx: DistContext | None = None,
 ) -> DataLoader:
     """The training batches: waveforms augmented on the fly (stretch and pitch drawn from
-    cached precomputed variants) when waveform augmentation is on, else cached features."""
+    cached precomputed variants) when waveform augmentation is on, else cached features.
+    Under DDP a ``DistributedSampler`` gives each rank its shard."""
+    ctx = ctx or DistContext()
     loop = config.loop
     if config.augment.uses_waveform:
         augmenter = WaveformAugmenter(config.augment, config.features.sample_rate)
@@ -176,11 +234,18 @@ def build_train_loader(
         train_dataset = AugmentedWaveformDataset(train_split, augmenter, loop.seed, variants)
     else:
         train_dataset = CachedFeatureDataset(train_split)
-    sampler = (
-        balanced_sampler(train_split.labels, n_classes, loop.seed)
-        if loop.class_balance == "balanced_sampler"
-        else None
-    )
+    sampler = None
+    if loop.class_balance == "balanced_sampler":
+        if ctx.enabled:
+            raise ConfigError(
+                "class_balance=balanced_sampler does not shard across DDP ranks; "
+                "use class_balance=weighted_loss with torchrun"
+            )
+        sampler = balanced_sampler(train_split.labels, n_classes, loop.seed)
+    elif ctx.enabled:
+        sampler = DistributedSampler(
+            train_dataset, ctx.world_size, ctx.rank, shuffle=True, seed=loop.seed
+        )
     return make_loader(
         train_dataset,
         loop.batch_size,
@@ -191,8 +256,17 @@ def build_train_loader(
     )
 
 
-def _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split) -> dict:
+def _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split, ctx) -> dict:
     n_classes = len(store.classes)
+    _log_dataset_signals(monitor, store, trainer.normalizer, ctx)
+    test_split = store.split(schema.SPLIT_TEST)
+    train_loader = build_train_loader(config, store, train_split, n_classes, ctx)
+    val_loader = _eval_loader(val_split, config, ctx)
+    if monitor is None:  # another DDP rank: the same training and evaluation, no logging
+        fit = trainer.fit(train_loader, val_loader)
+        if test_split is not None:
+            trainer.evaluate(_eval_loader(test_split, config, ctx))
+        return _result_fields(fit, None, store)
     monitor.log_metrics(
         {
             schema.METRIC_MAJORITY_BASELINE: majority_fraction(
@@ -207,13 +281,9 @@ def _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split) -
         },
         step=0,
     )
-    _log_dataset_signals(monitor, store, trainer.normalizer)
     monitor.set_attention_probe(
         trainer.normalizer(torch.from_numpy(np.array(val_split.features[:_PROBE_CLIPS])))
     )
-
-    train_loader = build_train_loader(config, store, train_split, n_classes)
-    val_loader = _eval_loader(val_split, config)
 
     def on_epoch_end(result: EpochResult) -> None:
         monitor.end_epoch(
@@ -239,11 +309,10 @@ def _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split) -
         schema.METRIC_BEST_VAL_ACCURACY: fit.best_val.scores.accuracy,
         schema.METRIC_STOPPED_EARLY: float(fit.stopped_early),
     }
-    test_split = store.split(schema.SPLIT_TEST)
     final: SplitResult = fit.best_val
     test_accuracy = None
     if test_split is not None:
-        final = trainer.evaluate(_eval_loader(test_split, config))
+        final = trainer.evaluate(_eval_loader(test_split, config, ctx))
         summary.update(_prefixed(schema.SPLIT_TEST, final.metrics()))
         test_accuracy = final.scores.accuracy
     monitor.log_metrics(summary, step=fit.best_epoch)
@@ -251,8 +320,12 @@ def _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split) -
         final, store.classes, schema.SPLIT_TEST if test_split is not None else schema.SPLIT_VAL
     )
     artifacts.log_model(
-        trainer.extractor, trainer.normalizer, trainer.model, store.classes, config.features
+        trainer.extractor, trainer.normalizer, trainer.module, store.classes, config.features
     )
+    return _result_fields(fit, test_accuracy, store)
+
+
+def _result_fields(fit, test_accuracy: float | None, store: FeatureStore) -> dict:
     return {
         "best_epoch": fit.best_epoch,
         "best_val_accuracy": fit.best_val.scores.accuracy,
@@ -262,32 +335,36 @@ def _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split) -
 
 
 def _log_dataset_signals(
-    monitor: TrainingMonitor, store: FeatureStore, normalizer: FeatureNormalizer
+    monitor: TrainingMonitor | None,
+    store: FeatureStore,
+    normalizer: FeatureNormalizer,
+    ctx: DistContext,
 ) -> None:
     """Label histograms and feature statistics of every split, before and after
-    normalization (streamed in chunks)."""
+    normalization (streamed in chunks). Under DDP each rank accumulates its shard and rank 0
+    logs the merged statistics, the same as one process over the whole split."""
     for name, split in store.splits.items():
-        monitor.log_dataset(
-            name,
-            split.labels,
-            store.classes,
-            features=_feature_chunks(split),
-            stage="raw",
-            levels=split.levels,
-        )
-        normalized = (normalizer(chunk) for chunk in _feature_chunks(split))
-        monitor.log_dataset(
-            name, split.labels, store.classes, features=normalized, stage="normalized"
-        )
+        shard = shard_indices(len(split), ctx)
+        raw, normalized = FeatureStatsAccumulator(), FeatureStatsAccumulator()
+        for chunk in _feature_chunks(split, shard):
+            raw.update(chunk)
+            normalized.update(normalizer(chunk))
+        labels = concat_from_ranks(split.labels[shard], ctx)
+        levels = concat_from_ranks(split.levels[shard], ctx)
+        raw, normalized = merge_from_ranks(raw, ctx), merge_from_ranks(normalized, ctx)
+        if monitor is None:
+            continue
+        classes = store.classes
+        monitor.log_dataset(name, labels, classes, accumulated=raw, stage="raw", levels=levels)
+        monitor.log_dataset(name, labels, classes, accumulated=normalized, stage="normalized")
 
 
-def _eval_loader(split: SplitFeatures, config: TrainConfig):
-    return make_loader(
-        CachedFeatureDataset(split),
-        config.loop.batch_size * 2,
-        shuffle=False,
-        seed=config.loop.seed,
-    )
+def _eval_loader(split: SplitFeatures, config: TrainConfig, ctx: DistContext) -> DataLoader:
+    """The split's cached features; under DDP this rank's shard (each clip on one rank)."""
+    dataset = CachedFeatureDataset(split)
+    if ctx.enabled:
+        dataset = Subset(dataset, shard_indices(len(split), ctx).tolist())
+    return make_loader(dataset, config.loop.batch_size * 2, shuffle=False, seed=config.loop.seed)
 
 
 def _epoch_metrics(result: EpochResult) -> dict[str, float]:
@@ -303,6 +380,10 @@ def _prefixed(split: str, metrics: dict[str, float]) -> dict[str, float]:
     return {schema.split_metric(split, name): value for name, value in metrics.items()}
 
 
-def _feature_chunks(split: SplitFeatures):
-    for start in range(0, len(split), _NORMALIZATION_CHUNK):
-        yield torch.from_numpy(np.array(split.features[start : start + _NORMALIZATION_CHUNK]))
+def _feature_chunks(split: SplitFeatures, indices: np.ndarray | None = None):
+    """The split's features (or those at ``indices``, in order) in chunks, as tensors."""
+    if indices is None:
+        indices = np.arange(len(split))
+    for start in range(0, len(indices), _NORMALIZATION_CHUNK):
+        rows = indices[start : start + _NORMALIZATION_CHUNK]
+        yield torch.from_numpy(np.asarray(split.features[rows]))
