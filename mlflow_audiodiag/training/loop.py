@@ -152,7 +152,8 @@ class Trainer:
             loader.sampler.set_epoch(epoch)
         total_loss, seen = torch.zeros((), device=self.device), 0
         targets_all, predictions_all = [], []
-        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")
+        shown = progress and self.dist.is_main  # one progress bar per job
+        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not shown, unit="batch")
         for inputs, targets in bar:
             loss, logits, targets = self.train_step(inputs, targets)
             schedule.step_batch()
@@ -221,7 +222,8 @@ class Trainer:
         best_state: dict[str, torch.Tensor] = {}
         best_loss = float("inf")
         stale = 0
-        epochs = tqdm(range(1, loop.epochs + 1), desc="training", disable=not loop.progress)
+        shown = loop.progress and self.dist.is_main
+        epochs = tqdm(range(1, loop.epochs + 1), desc="training", disable=not shown)
         for epoch in epochs:
             start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
