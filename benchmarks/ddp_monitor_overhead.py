@@ -14,7 +14,6 @@ between the two (which goes first alternates too). Rank 0 prints the overhead ra
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import os
 import socket
@@ -27,17 +26,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from twin_setup import default_setup, twin_trainers
 
-from mlflow_audiodiag.data.synthetic import default_cache_root
-from mlflow_audiodiag.features.extractor import FeatureExtractor
-from mlflow_audiodiag.features.normalization import FeatureNormalizer, fit_normalization
-from mlflow_audiodiag.features.store import build_feature_store
-from mlflow_audiodiag.model.transformer import AudioTransformer
 from mlflow_audiodiag.monitoring.distributed import current
 from mlflow_audiodiag.monitoring.monitor import TrainingMonitor
-from mlflow_audiodiag.training.config import TrainConfig
-from mlflow_audiodiag.training.dataset_source import resolve_clip_table
-from mlflow_audiodiag.training.loop import Trainer
 from mlflow_audiodiag.training.run import build_train_loader
 
 
@@ -53,33 +45,9 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, tracking
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     ctx = current()
-    config = TrainConfig.from_flat({"progress": False})
-    table, _ = resolve_clip_table(config.data, config.features, progress=False)
-    store = build_feature_store(
-        table,
-        config.features,
-        default_cache_root(),
-        waveform_splits=("train",) if config.augment.uses_waveform else (),
-        progress=False,
-    )
-    train = store.split("train")
-    stats = fit_normalization([torch.from_numpy(np.array(train.features))], "per_bin")
-    n_classes = len(store.classes)
-    torch.manual_seed(0)
-    model = AudioTransformer(
-        config.features.n_bins, config.features.n_frames, n_classes, config.model
-    )
-    trainers = [
-        Trainer(
-            copy.deepcopy(model),
-            FeatureExtractor(config.features),
-            FeatureNormalizer(stats),
-            config,
-            n_classes,
-            dist_ctx=ctx,
-        )
-        for _ in range(2)
-    ]
+    setup = default_setup()
+    config, store, train, n_classes = setup.config, setup.store, setup.train, setup.n_classes
+    trainers = twin_trainers(setup, ctx)
     batches = [_forever(build_train_loader(config, store, train, n_classes, ctx)) for _ in range(2)]
     monitor = None
     if ctx.is_main:

@@ -32,17 +32,11 @@ import mlflow
 import numpy as np
 import torch
 import torch.nn.functional as F
+from twin_setup import default_setup, twin_trainers
 
-from mlflow_audiodiag.data.synthetic import default_cache_root
-from mlflow_audiodiag.features.extractor import FeatureExtractor
-from mlflow_audiodiag.features.normalization import FeatureNormalizer, fit_normalization
-from mlflow_audiodiag.features.store import build_feature_store
-from mlflow_audiodiag.model.transformer import AudioTransformer
+from mlflow_audiodiag.features.normalization import FeatureNormalizer
 from mlflow_audiodiag.monitoring.monitor import TrainingMonitor
 from mlflow_audiodiag.monitoring.sink import DurableMetricLogger, SinkConfig
-from mlflow_audiodiag.training.config import TrainConfig
-from mlflow_audiodiag.training.dataset_source import resolve_clip_table
-from mlflow_audiodiag.training.loop import Trainer
 from mlflow_audiodiag.training.optim import build_optimizer
 from mlflow_audiodiag.training.run import build_train_loader
 
@@ -146,35 +140,17 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    config = TrainConfig.from_flat({"progress": False})
-    table, _ = resolve_clip_table(config.data, config.features, progress=False)
-    store = build_feature_store(
-        table,
-        config.features,
-        default_cache_root(),
-        waveform_splits=("train",) if config.augment.uses_waveform else (),
-        progress=False,
+    setup = default_setup()
+    config, store, train, raw, stats = (
+        setup.config,
+        setup.store,
+        setup.train,
+        setup.raw,
+        setup.stats,
     )
-    train = store.split("train")
-    raw = torch.from_numpy(np.array(train.features))
-    stats = fit_normalization([raw], config.data.normalization)
-    n_classes = len(store.classes)
+    n_classes, model = setup.n_classes, setup.model
     loaders = [build_train_loader(config, store, train, n_classes) for _ in range(2)]
-
-    torch.manual_seed(0)
-    model = AudioTransformer(
-        config.features.n_bins, config.features.n_frames, n_classes, config.model
-    )
-    trainers = [
-        Trainer(
-            copy.deepcopy(model),
-            FeatureExtractor(config.features),
-            FeatureNormalizer(stats),
-            config,
-            n_classes,
-        )
-        for _ in range(2)
-    ]
+    trainers = twin_trainers(setup)
     steps = args.blocks * args.block_steps
     delivery = "at close" if args.deliver_after else "by the delivery process"
 

@@ -55,6 +55,18 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
     return sorted((m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, key))
 
 
+def run_dying_trainer(script: str, run_id: str, spool: Path) -> None:
+    """Runs ``script`` (it logs to ``run_id`` and dies with status 3) in a new process."""
+    child = subprocess.run(
+        [sys.executable, "-c", script, run_id, str(spool)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    assert child.returncode == 3, child.stderr
+
+
 def spool_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("metrics-*")) if directory.exists() else []
 
@@ -182,14 +194,7 @@ def test_recover_resends_an_abandoned_spool_exactly_once(
     client, run_id, tmp_path, acks_survive
 ) -> None:
     spool = tmp_path / "spool"
-    child = subprocess.run(
-        [sys.executable, "-c", CRASHING_TRAINER, run_id, str(spool)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=os.environ.copy(),
-    )
-    assert child.returncode == 3, child.stderr
+    run_dying_trainer(CRASHING_TRAINER, run_id, spool)
     assert [step for step, _, _ in history(client, run_id, "loss")] == list(range(10))
     (ack,) = spool.glob("*.acked")
     if not acks_survive:
@@ -307,14 +312,7 @@ ORPHANING_TRAINER = textwrap.dedent(
 
 def test_the_delivery_process_outlives_a_crashed_trainer(client, run_id, tmp_path) -> None:
     spool = tmp_path / "spool"
-    child = subprocess.run(
-        [sys.executable, "-c", ORPHANING_TRAINER, run_id, str(spool)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=os.environ.copy(),
-    )
-    assert child.returncode == 3, child.stderr
+    run_dying_trainer(ORPHANING_TRAINER, run_id, spool)
     deadline = time.monotonic() + 60
     while spool_files(spool) and time.monotonic() < deadline:
         time.sleep(0.1)
