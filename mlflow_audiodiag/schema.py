@@ -102,3 +102,7 @@ TAG_ZOO_EXPECTED: Final = "audiodiag.zoo.expected_cause"  # a finding code, or "
 TAG_ZOO_FAULT: Final = "audiodiag.zoo.fault"  # the deliberate fault, in words
 METRIC_ZOO_MATCHED: Final = "zoo/matched_fraction"  # share of scenarios diagnosed as expected
 ARTIFACT_ZOO_TABLE: Final = "zoo/confusion.md"
+
+# --- Comparison (mlflow_audiodiag.comparison) --------------------------------------------------
+TAG_COMPARISON: Final = "audiodiag.comparison"  # "true" on a run that holds a comparison
+ARTIFACT_DIR_COMPARISON: Final = "comparison"  # comparison.{csv,json,html} and its PNGs

@@ -84,6 +84,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow experiment name (default: MLFLOW_EXPERIMENT_NAME or Default)",
     )
 
+    compare = commands.add_parser(
+        "compare",
+        help="compare the diagnoses of many runs: table, counts, compute per cause, HTML",
+        description="Summaries come from search_runs (no metric histories, except the "
+        "validation curves of the newest --curves runs for the overlay plot).",
+    )
+    compare.add_argument(
+        "--experiment",
+        action="append",
+        default=[],
+        help="experiment name or id (repeatable; default: every active experiment)",
+    )
+    compare.add_argument(
+        "--filter",
+        default="",
+        help="an MLflow search filter, e.g. \"tags.`audiodiag.verdict` = 'stagnant'\"",
+    )
+    compare.add_argument(
+        "--diagnose-missing",
+        action="store_true",
+        help="diagnose runs that have no diagnosis yet (written back to them)",
+    )
+    compare.add_argument("--max-runs", type=int, default=None, help="newest N runs only")
+    compare.add_argument("--curves", type=int, default=50, help="runs in the curve overlay")
+    compare.add_argument(
+        "--out", type=Path, default=Path("comparison"), help="output folder (CSV, JSON, HTML)"
+    )
+    compare.add_argument(
+        "--log", action="store_true", help="log the outputs as artifacts of a comparison run"
+    )
+
     diagnose = commands.add_parser(
         "diagnose",
         help="diagnose a run: verdict, most likely cause, evidence and fix (written to the run)",
@@ -117,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _diagnose(args)
         if args.command == "zoo":
             return _zoo(args)
+        if args.command == "compare":
+            return _compare(args)
         return _train(args)
     except AudioDiagError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -195,6 +228,32 @@ def _zoo(args: argparse.Namespace) -> int:
         print()
         print(_plain("\n".join(line for line in note.splitlines() if not line.startswith("<!--"))))
     return 0 if all(r.matches for r in results) else 1
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_audiodiag.comparison.compare import compare, log_comparison, write_outputs
+    from mlflow_audiodiag.comparison.summary import duration, text_table
+
+    check_tracking_server()
+    try:
+        result = compare(
+            args.experiment, args.filter, diagnose=args.diagnose_missing, max_runs=args.max_runs
+        )
+    except MlflowException as error:
+        raise ConfigError(f"cannot search runs ({args.filter!r}): {error.message}") from error
+    print(text_table(result.summaries))
+    print()
+    print("verdicts: " + ", ".join(f"{v} {n}" for v, n in result.verdicts.items()))
+    print("findings: " + (", ".join(f"{f} {n}" for f, n in result.findings.items()) or "none"))
+    for cost in result.costs:
+        print(f"stagnant, {cost.cause}: {cost.runs} runs, {duration(cost.wall_seconds)}")
+    files = write_outputs(result, args.out, max_curves=args.curves)
+    print(f"written: {', '.join(str(p) for p in files.values())}")
+    if args.log:
+        print(f"logged to run {log_comparison(files)}")
+    return 0
 
 
 def _plain(markdown: str) -> str:

@@ -33,7 +33,7 @@ VERDICT_TEXT: dict[str, str] = {
     "inconclusive": "The logged signals are not enough for a verdict.",
 }
 
-_CSS = """
+PAGE_CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1200px;
 color:#1f2328;padding:0 1em;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:1.8em;
@@ -83,7 +83,7 @@ def _key_values(items: Mapping[str, object]) -> str:
     return f'<ul class="kv">{rows}</ul>'
 
 
-def _table(headers: Sequence[str], rows: Iterable[tuple[str, Sequence[str]]]) -> str:
+def html_table(headers: Sequence[str], rows: Iterable[tuple[str, Sequence[str]]]) -> str:
     """A table; ``headers`` are escaped here, each row is ``(css class, escaped cells)``."""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join(
@@ -154,7 +154,7 @@ def _findings(diagnosis: Diagnosis) -> str:
         for rank, f in enumerate(diagnosis.findings, start=1)
     ]
     headers = ("#", "code", "severity", "score", "title", "evidence", "thresholds", "fix")
-    return "<h2>Findings</h2>" + _table(headers, rows)
+    return "<h2>Findings</h2>" + html_table(headers, rows)
 
 
 def _skipped(diagnosis: Diagnosis) -> str:
@@ -166,7 +166,7 @@ def _skipped(diagnosis: Diagnosis) -> str:
     ]
     return (
         "<h2>Skipped checks</h2><p>These checks could not run because a signal was missing.</p>"
-        + _table(("check", "missing signal"), rows)
+        + html_table(("check", "missing signal"), rows)
     )
 
 
@@ -185,7 +185,7 @@ def _classes(evidence: RunEvidence, classes: Sequence[str]) -> str:
         values = [evidence.latest(prefix + safe) for prefix in columns.values()]
         cells = ["&mdash;" if v is None else _value(v) for v in values]
         rows.append(("", [esc(name), *cells]))
-    return "<h2>Classes</h2>" + _table(("class", *columns), rows)
+    return "<h2>Classes</h2>" + html_table(("class", *columns), rows)
 
 
 def image_data_uri(path: str | Path) -> str:
@@ -231,7 +231,7 @@ def render_report(
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>Diagnosis of {esc(run_name)}: {esc(diagnosis.verdict)}</title>"
-        f"<style>{_CSS}</style></head><body>{body}</body></html>\n"
+        f"<style>{PAGE_CSS}</style></head><body>{body}</body></html>\n"
     )
 
 

@@ -1,0 +1,1 @@
+"""Team-wide comparison: diagnoses of many runs side by side."""

@@ -1,0 +1,123 @@
+"""``compare``: collect, aggregate, draw and write a comparison of many runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from mlflow_audiodiag import schema
+from mlflow_audiodiag.comparison.collect import RunSummary, collect_runs, diagnose_missing
+from mlflow_audiodiag.comparison.figures import findings_heatmap, validation_overlay
+from mlflow_audiodiag.comparison.summary import (
+    CauseCost,
+    comparison_frame,
+    compute_by_cause,
+    finding_counts,
+    verdict_counts,
+)
+from mlflow_audiodiag.reporting.comparison_page import render_comparison
+
+VAL_ACCURACY = schema.split_metric(schema.SPLIT_VAL, "accuracy")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    summaries: list[RunSummary]
+    verdicts: dict[str, int]
+    findings: dict[str, int]
+    costs: list[CauseCost]
+
+
+def compare(
+    experiments: Sequence[str] = (),
+    filter_string: str = "",
+    *,
+    diagnose: bool = False,
+    max_runs: int | None = None,
+    client: MlflowClient | None = None,
+) -> Comparison:
+    """Summaries of the matching runs (diagnosing those not diagnosed yet when ``diagnose``)
+    with verdict and finding counts and the compute spent per cause of stagnation."""
+    client = client or MlflowClient()
+    summaries = collect_runs(client, experiments, filter_string, max_runs)
+    if diagnose:
+        summaries = diagnose_missing(client, summaries)
+    return Comparison(
+        summaries,
+        verdict_counts(summaries),
+        finding_counts(summaries),
+        compute_by_cause(summaries),
+    )
+
+
+def write_outputs(
+    comparison: Comparison,
+    out_dir: Path,
+    *,
+    title: str = "Run comparison",
+    max_curves: int = 50,
+    client: MlflowClient | None = None,
+) -> dict[str, Path]:
+    """``comparison.csv``, ``comparison.json`` (counts), the figures and a self-contained
+    ``comparison.html`` in ``out_dir``. Validation curves are read for the ``max_curves``
+    newest runs only (one history call each); everything else comes from the summaries."""
+    client = client or MlflowClient()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"csv": out_dir / "comparison.csv", "json": out_dir / "comparison.json"}
+    comparison_frame(comparison.summaries).to_csv(files["csv"], index=False)
+    counts = {
+        "runs": len(comparison.summaries),
+        "verdicts": comparison.verdicts,
+        "findings": comparison.findings,
+        "compute_by_cause": [c.__dict__ for c in comparison.costs],
+    }
+    files["json"].write_text(json.dumps(counts, indent=2))
+    curves = {}
+    for summary in comparison.summaries[:max_curves]:
+        history = client.get_metric_history(summary.run_id, VAL_ACCURACY)
+        curves[summary.run_id] = np.array([(m.step, m.value) for m in history]).reshape(-1, 2)
+    images: dict[str, Path] = {}
+    figures = {
+        "Validation accuracy per run, coloured by verdict": (
+            "val_accuracy_overlay.png",
+            validation_overlay(comparison.summaries[:max_curves], curves),
+        ),
+        "Findings per run": ("findings_heatmap.png", findings_heatmap(comparison.summaries)),
+    }
+    for caption, (name, figure) in figures.items():
+        if figure is not None:
+            figure.savefig(out_dir / name, dpi=100)
+            images[caption] = files[name.removesuffix(".png")] = out_dir / name
+    html = render_comparison(
+        title,
+        comparison.summaries,
+        comparison.verdicts,
+        comparison.findings,
+        comparison.costs,
+        images,
+    )
+    files["html"] = out_dir / "comparison.html"
+    files["html"].write_text(html, encoding="utf-8")
+    return files
+
+
+def log_comparison(files: dict[str, Path], experiment: str = "audiodiag-comparisons") -> str:
+    """Logs the outputs as artifacts (under ``comparison/``) of a new run in ``experiment``
+    (or of the active run); returns its id."""
+    if mlflow.active_run() is None and not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(experiment)  # under `mlflow run`, its run takes the artifacts
+    with mlflow.start_run(nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tag(schema.TAG_COMPARISON, "true")
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in files.values():
+                (Path(tmp) / path.name).write_bytes(path.read_bytes())
+            mlflow.log_artifacts(tmp, schema.ARTIFACT_DIR_COMPARISON)
+    return run.info.run_id
