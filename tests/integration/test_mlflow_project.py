@@ -105,3 +105,26 @@ def test_bad_user_data_fails_with_the_file_named(tmp_path: Path, tracking_uri) -
     assert done.returncode == 2
     assert f"error: audio file {tmp_path / 'missing.wav'} does not exist" in done.stderr
     assert "on_bad_file=skip" in done.stderr
+
+
+def test_mlflow_run_compare_entry_point_logs_the_comparison(tracking_uri, cache_root, tmp_path):
+    client = MlflowClient(tracking_uri)
+    team = client.create_experiment("team")
+    for verdict in ("stagnant", "healthy"):
+        run_id = client.create_run(team, run_name=verdict).info.run_id
+        client.set_tag(run_id, schema.TAG_VERDICT, verdict)
+        client.set_terminated(run_id)
+    command = [
+        sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "-e", "compare",
+        "--env-manager", "local", "--experiment-name", "comparisons", "-P", "experiment=team",
+        "-P", f"filter=tags.`{schema.TAG_VERDICT}` = 'stagnant'",
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, env=_env(tracking_uri, cache_root), cwd=tmp_path,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "verdicts: stagnant 1" in done.stdout
+    (run,) = client.search_runs([client.get_experiment_by_name("comparisons").experiment_id])
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "comparison")}
+    assert "comparison/comparison.html" in files and "comparison/comparison.csv" in files
