@@ -24,6 +24,7 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A fresh sqlite-backed MLflow tracking store with artifacts under ``tmp_path``."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # ids belong to another store
     monkeypatch.chdir(tmp_path)  # the default artifact root is relative to the working dir
     mlflow.set_tracking_uri(uri)
     yield uri

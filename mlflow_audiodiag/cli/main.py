@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--log", action="store_true", help="log the outputs as artifacts of a comparison run"
     )
 
+    server = commands.add_parser(
+        "server",
+        help="start a local mlflow server (sqlite store, artifact serving) to try a team set-up",
+    )
+    server.add_argument("--root", type=Path, default=Path("mlflow-server"), help="its folder")
+    server.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve the network")
+    server.add_argument("--port", type=int, default=5000)
+
     diagnose = commands.add_parser(
         "diagnose",
         help="diagnose a run: verdict, most likely cause, evidence and fix (written to the run)",
@@ -150,6 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _zoo(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "server":
+            from mlflow_audiodiag.cli.server import run_server
+
+            return run_server(args.root, args.host, args.port)
         return _train(args)
     except AudioDiagError as error:
         print(f"error: {error}", file=sys.stderr)

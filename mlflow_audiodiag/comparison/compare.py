@@ -109,15 +109,27 @@ def write_outputs(
     return files
 
 
-def log_comparison(files: dict[str, Path], experiment: str = "audiodiag-comparisons") -> str:
-    """Logs the outputs as artifacts (under ``comparison/``) of a new run in ``experiment``
-    (or of the active run); returns its id."""
-    if mlflow.active_run() is None and not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(experiment)  # under `mlflow run`, its run takes the artifacts
-    with mlflow.start_run(nested=mlflow.active_run() is not None) as run:
-        mlflow.set_tag(schema.TAG_COMPARISON, "true")
-        with tempfile.TemporaryDirectory() as tmp:
-            for path in files.values():
-                (Path(tmp) / path.name).write_bytes(path.read_bytes())
-            mlflow.log_artifacts(tmp, schema.ARTIFACT_DIR_COMPARISON)
-    return run.info.run_id
+def log_comparison(
+    files: dict[str, Path],
+    experiment: str = "audiodiag-comparisons",
+    client: MlflowClient | None = None,
+) -> str:
+    """Logs the outputs as artifacts (under ``comparison/``) of the active run (or the run
+    ``mlflow run`` created), else of a new run in ``experiment``; returns the run id. Uses the
+    client only: no global MLflow state (active experiment or run) changes."""
+    client = client or MlflowClient()
+    active = mlflow.active_run()
+    run_id = active.info.run_id if active else os.environ.get("MLFLOW_RUN_ID")
+    created = not run_id
+    if created:
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        run_id = client.create_run(experiment_id, run_name="comparison").info.run_id
+    client.set_tag(run_id, schema.TAG_COMPARISON, "true")
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in files.values():
+            (Path(tmp) / path.name).write_bytes(path.read_bytes())
+        client.log_artifacts(run_id, tmp, schema.ARTIFACT_DIR_COMPARISON)
+    if created:
+        client.set_terminated(run_id)
+    return run_id
