@@ -67,14 +67,23 @@ def test_training_survives_a_server_outage_and_every_point_arrives_once(
         time.sleep(0.01)  # paces the loop so the outage spans several flush intervals
         return seconds
 
+    stderr: list[str] = []  # the delivery process reports on the stderr it shares with us
+    warning = f"WARNING {SINK_LOGGER}: "
+
     for step in range(STOP_AT):
         train_step(step)
+    # The delivery process is up and delivering (on a busy machine it may take seconds).
+    assert sink.flush(timeout_s=60)
     mlflow_server.stop()  # mid-training, with points still in flight or queued
     assert not mlflow_server.healthy()
 
     for step in range(STOP_AT, RESTART_AT):
         log_seconds_while_down.append(train_step(step))
-    time.sleep(0.3)  # one more flush interval for the spool
+    deadline = time.monotonic() + 60
+    while not any(line.startswith(warning) for line in stderr):
+        assert time.monotonic() < deadline, "no outage warning within 60 s"
+        stderr += capfd.readouterr().err.splitlines()
+        time.sleep(0.1)
     assert sink.points_delivered <= STOP_AT * len(KEYS)
     assert sink.pending >= (RESTART_AT - STOP_AT) * len(KEYS)
     assert len(sink.spool_path.read_text().splitlines()) == 1 + sink.points_logged
@@ -97,9 +106,8 @@ def test_training_survives_a_server_outage_and_every_point_arrives_once(
     assert sink.points_logged == sink.points_delivered == steps * len(KEYS)
     assert not sink.spool_path.exists()
 
-    # The delivery process reports on the stderr it shares with the training process.
-    stderr = capfd.readouterr().err.splitlines()
-    warnings = [line for line in stderr if line.startswith(f"WARNING {SINK_LOGGER}: ")]
+    stderr += capfd.readouterr().err.splitlines()
+    warnings = [line for line in stderr if line.startswith(warning)]
     assert len(warnings) == 1 and "unreachable" in warnings[0]
     assert any(
         line.startswith(f"INFO {SINK_LOGGER}: ") and "points late" in line for line in stderr
