@@ -86,6 +86,10 @@ def test_training_survives_a_server_outage_and_every_point_arrives_once(
         time.sleep(0.1)
     assert sink.points_delivered <= STOP_AT * len(KEYS)
     assert sink.pending >= (RESTART_AT - STOP_AT) * len(KEYS)
+    deadline = time.monotonic() + 30  # the spool reaches the disk once per flush interval
+    while len(sink.spool_path.read_text().splitlines()) < 1 + sink.points_logged:
+        assert time.monotonic() < deadline, "the spool does not hold every point"
+        time.sleep(0.05)
     assert len(sink.spool_path.read_text().splitlines()) == 1 + sink.points_logged
     assert statistics.median(log_seconds_while_down) < 0.005
     assert max(log_seconds_while_down) < 0.25
