@@ -117,7 +117,7 @@ def test_mlflow_run_compare_entry_point_logs_the_comparison(tracking_uri, cache_
     command = [
         sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "-e", "compare",
         "--env-manager", "local", "--experiment-name", "comparisons", "-P", "experiment=team",
-        "-P", f"filter=tags.`{schema.TAG_VERDICT}` = 'stagnant'",
+        "-P", f"filter=tags.`{schema.TAG_VERDICT}` = 'stagnant'", "-P", f"out={tmp_path / 'cmp'}",
     ]  # fmt: skip
     done = subprocess.run(
         command, env=_env(tracking_uri, cache_root), cwd=tmp_path,
@@ -128,3 +128,4 @@ def test_mlflow_run_compare_entry_point_logs_the_comparison(tracking_uri, cache_
     (run,) = client.search_runs([client.get_experiment_by_name("comparisons").experiment_id])
     files = {a.path for a in client.list_artifacts(run.info.run_id, "comparison")}
     assert "comparison/comparison.html" in files and "comparison/comparison.csv" in files
+    assert (tmp_path / "cmp" / "comparison.html").exists()  # not in the project folder
