@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,18 +22,12 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from mlflow_audiodiag import schema
-from mlflow_audiodiag.cli.server import server_command, wait_until_healthy
+from mlflow_audiodiag.cli.server import free_port, server_command, wait_until_healthy
 from mlflow_audiodiag.comparison.compare import compare, write_outputs
 from mlflow_audiodiag.monitoring.sink import is_http_uri
 
 CAUSES = ["lr_too_low", "overfitting", "class_imbalance", "unnormalized_features", "none"]
 TARGET_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _log_runs(client: MlflowClient, experiment_id: str, n: int) -> None:
@@ -70,7 +63,7 @@ def main() -> None:
     parser.add_argument("--curves", type=int, default=50)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        port = _free_port()
+        port = free_port()
         uri = f"http://127.0.0.1:{port}"
         log = (Path(tmp) / "server.log").open("wb")
         server = subprocess.Popen(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from twin_setup import default_setup, twin_trainers
 
+from mlflow_audiodiag.cli.server import free_port
 from mlflow_audiodiag.monitoring.distributed import current
 from mlflow_audiodiag.monitoring.monitor import TrainingMonitor
 from mlflow_audiodiag.training.run import build_train_loader
@@ -90,9 +90,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=30)
     parser.add_argument("--block-steps", type=int, default=5)
     args = parser.parse_args()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         tracking = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         mp.spawn(_worker, args=(args.nproc, port, args, tracking), nprocs=args.nproc)

@@ -3,6 +3,7 @@ serving, in one folder."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,13 @@ import urllib.request
 from pathlib import Path
 
 from mlflow_audiodiag.errors import ConfigError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def server_command(root: Path, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
