@@ -16,7 +16,7 @@ from mlflow_audiodiag.cli.options import (
     parse_range,
     training_values,
 )
-from mlflow_audiodiag.cli.tracking import check_tracking_server, run_page_hint
+from mlflow_audiodiag.cli.tracking import check_tracking_server, run_page_hint, use_experiment
 from mlflow_audiodiag.errors import AudioDiagError, ConfigError
 
 
@@ -187,7 +187,6 @@ def _prepare_data(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import mlflow
 
     from mlflow_audiodiag.training.config import TrainConfig
     from mlflow_audiodiag.training.run import train
@@ -195,7 +194,7 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_flat(training_values(args))
     uri = check_tracking_server()
     if args.experiment:
-        mlflow.set_experiment(args.experiment)
+        use_experiment(args.experiment)
     result = train(config)
     if result.rank != 0:  # another DDP rank: rank 0 reports the job's run
         return 0
@@ -227,7 +226,7 @@ def _zoo(args: argparse.Namespace) -> int:
         )
     uri = check_tracking_server()
     if args.experiment:
-        mlflow.set_experiment(args.experiment)
+        use_experiment(args.experiment)
     every = args.scenario == "all"
     results = run_zoo(list(SCENARIOS)) if every else [run_scenario(args.scenario)]
     print()

@@ -39,6 +39,18 @@ def check_tracking_server(uri: str | None = None, timeout_s: float = 5.0) -> str
     )
 
 
+def use_experiment(name: str) -> str:
+    """Makes ``name`` the active experiment, creating it if needed; returns its id.
+
+    ``mlflow.set_experiment`` returns without activating the experiment when another process
+    created it between its lookup and its create, so runs would land in the default experiment.
+    Activating by id afterwards closes that race for processes starting side by side.
+    """
+    experiment = mlflow.set_experiment(name)
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    return experiment.experiment_id
+
+
 def run_page_hint(experiment_id: str, run_id: str, uri: str | None = None) -> str:
     """How to open a run in the MLflow UI for the current tracking URI."""
     uri = uri or mlflow.get_tracking_uri()
