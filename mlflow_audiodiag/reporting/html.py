@@ -102,7 +102,10 @@ def _severity(finding: Finding) -> str:
 
 def _header(diagnosis: Diagnosis, evidence: RunEvidence, run_name: str) -> str:
     verdict = diagnosis.verdict
-    meta = [f"status {esc(evidence.status)}", f"{evidence.n_epochs} validation epochs"]
+    meta = [
+        f"run status at diagnosis {esc(evidence.status)}",
+        f"{evidence.n_epochs} validation epochs",
+    ]
     if evidence.run_id:
         meta.insert(0, f"run id <code>{esc(evidence.run_id)}</code>")
     return (

@@ -1,0 +1,138 @@
+"""The diagnosis as people see it: the real MLflow UI in headless Chromium.
+
+A real ``mlflow server`` gets a healthy and a stagnant zoo run; the runs table, the run page and
+the HTML report artifact are then read in the browser. Screenshots are saved as test output, in
+``test-output/screenshots`` (or ``$AUDIODIAG_SCREENSHOT_DIR``). Run it alone with
+``python -m pytest -m browser``. Without Chromium the test is skipped, unless
+``AUDIODIAG_REQUIRE_BROWSER=1`` (set by CI) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlflow_audiodiag import schema
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path(os.environ.get("AUDIODIAG_CHROMIUM", "/usr/bin/chromium"))
+EXPERIMENT = "ui-check"
+STAGNANT = "lr_too_low"
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def screenshots() -> Path:
+    default = PROJECT_ROOT / "test-output" / "screenshots"
+    folder = Path(os.environ.get("AUDIODIAG_SCREENSHOT_DIR", default))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def browser():
+    if not CHROMIUM.is_file():
+        message = (
+            f"no Chromium at {CHROMIUM}: apt-get install chromium chromium-driver, "
+            "or point AUDIODIAG_CHROMIUM at a Chromium binary"
+        )
+        if os.environ.get("AUDIODIAG_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def _log_zoo_runs(uri: str, cache_root: Path) -> dict[str, str]:
+    """Runs the healthy and the stagnant scenario side by side, as two users would."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "AUDIODIAG_CACHE_DIR": str(cache_root)}
+    command = [sys.executable, "-m", "mlflow_audiodiag.cli.main", "zoo", "--experiment", EXPERIMENT]
+    processes = {
+        name: subprocess.Popen(
+            [*command, "--scenario", name],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for name in ("healthy", STAGNANT)
+    }
+    for name, process in processes.items():
+        _, err = process.communicate(timeout=900)
+        assert process.returncode == 0, f"zoo {name}: {err[-3000:]}"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    return {run.data.tags[schema.TAG_ZOO_SCENARIO]: run.info.run_id for run in runs}
+
+
+def _close_assistant(page) -> None:
+    """The UI may open an assistant side panel; it would hide the table's right-hand columns."""
+    close = page.get_by_role("button", name="Close")
+    if close.count() == 1 and close.is_visible():
+        close.click()
+
+
+def test_runs_table_run_page_and_report_show_the_diagnosis(
+    mlflow_server, cache_root, browser, screenshots
+) -> None:
+    run_ids = _log_zoo_runs(mlflow_server.uri, cache_root)
+    assert set(run_ids) == {"healthy", STAGNANT}
+    experiment_id = MlflowClient(mlflow_server.uri).get_experiment_by_name(EXPERIMENT).experiment_id
+    base = f"{mlflow_server.uri}/#/experiments/{experiment_id}"
+    # Wide, so that the grid renders every column instead of virtualizing those off-screen.
+    page = browser.new_page(viewport={"width": 2000, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+
+    # Runs table: the verdict and cause tags as columns, one row per run (row-id is the run id).
+    page.goto(f"{base}/runs")
+    page.get_by_text(f"zoo-{STAGNANT}").first.wait_for()
+    _close_assistant(page)
+    for tag in (schema.TAG_VERDICT, schema.TAG_PRIMARY_CAUSE):
+        page.get_by_role("button", name="Columns").click()
+        page.get_by_placeholder("Search columns").fill(tag)
+        page.get_by_role("dialog").get_by_text(tag, exact=True).click()
+        page.keyboard.press("Escape")
+    expected = {STAGNANT: ("stagnant", STAGNANT), "healthy": ("healthy", "none")}
+    for scenario, (verdict, cause) in expected.items():
+        row = page.locator(f'[role=row][row-id="{run_ids[scenario]}"]')
+        row.get_by_text(verdict, exact=True).wait_for()
+        cells = "\n".join(row.all_inner_texts()).split("\n")
+        assert f"zoo-{scenario}" in cells
+        assert verdict in cells and cause in cells, (scenario, cells)
+    page.screenshot(path=str(screenshots / "runs_table.png"))
+
+    # Run page: the diagnosis summary is the run's description.
+    page.goto(f"{base}/runs/{run_ids[STAGNANT]}")
+    page.get_by_text("audiodiag verdict: stagnant").wait_for()
+    page.get_by_text("Most likely cause: Learning rate too low").wait_for()
+    _close_assistant(page)
+    page.screenshot(path=str(screenshots / "run_page.png"), full_page=True)
+
+    # The HTML report artifact, rendered by the UI in a sandboxed iframe.
+    page.goto(f"{base}/runs/{run_ids[STAGNANT]}/artifacts/diagnosis/report.html")
+    report = page.frame_locator("iframe").first
+    report.get_by_text(f"Diagnosis of zoo-{STAGNANT}").wait_for()
+    report.get_by_text("Fix:").first.wait_for()
+    body = report.locator("body").inner_text()
+    assert "Primary cause" in body and STAGNANT in body
+    assert "Raise the learning rate" in body
+    page.screenshot(path=str(screenshots / "report.png"))
+
+    # The healthy run's page says so too.
+    page.goto(f"{base}/runs/{run_ids['healthy']}")
+    page.get_by_text("audiodiag verdict: healthy").wait_for()
+    page.screenshot(path=str(screenshots / "healthy_run_page.png"))
