@@ -198,6 +198,16 @@ class BatchSender:
             self._outage_since = None
 
 
+def _child_environment() -> dict[str, str]:
+    """The trainer's environment, with this package importable even when the trainer found it
+    on its own ``sys.path`` (a source checkout run without installing)."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    paths = [package_root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
 class DeliveryProcess:
     """The training side's handle on the delivery process of one spool."""
 
@@ -226,6 +236,7 @@ class DeliveryProcess:
             stdout=subprocess.PIPE,
             text=True,
             close_fds=True,
+            env=_child_environment(),
         )
 
     @property
