@@ -208,6 +208,10 @@ def _child_environment() -> dict[str, str]:
     return env
 
 
+# A delivery process that dies this often in a row without delivering a point is not restarted.
+MAX_FUTILE_STARTS = 3
+
+
 class DeliveryProcess:
     """The training side's handle on the delivery process of one spool."""
 
@@ -219,6 +223,9 @@ class DeliveryProcess:
         self.closing = False
         self._acked = 0
         self._restart_lock = threading.Lock()
+        self._futile_starts = 0  # deaths in a row without any point delivered
+        self._acked_at_start = 0
+        self.given_up = False
         self.process = self._start()
 
     def _start(self) -> subprocess.Popen:
@@ -252,7 +259,20 @@ class DeliveryProcess:
         """Starts a new delivery process (it resumes after the last ack) if this one died;
         returns whether it had to."""
         with self._restart_lock:
-            if self.closing or self.alive:
+            if self.closing or self.given_up or self.alive:
+                return False
+            progress = self.acked() > self._acked_at_start
+            self._futile_starts = 0 if progress else self._futile_starts + 1
+            if self._futile_starts >= MAX_FUTILE_STARTS:
+                self.given_up = True
+                logger.warning(
+                    "metric delivery process for %s ended %d times in a row without delivering "
+                    "anything (last exit code %s; its error is above); the training process "
+                    "delivers the spool itself from now on",
+                    self.spool_path,
+                    self._futile_starts,
+                    self.process.returncode,
+                )
                 return False
             self._restart()
             return True
@@ -263,6 +283,7 @@ class DeliveryProcess:
             self.spool_path,
             self.process.returncode,
         )
+        self._acked_at_start = self.acked()
         self.process = self._start()
 
     def request_flush(self) -> None:

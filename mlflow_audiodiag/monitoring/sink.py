@@ -174,6 +174,7 @@ class DurableMetricLogger:
         self._delivered = threading.Condition(self._lock)
         self._force = False
         self._process: DeliveryProcess | None = None
+        self._ack_base = 0  # points the delivery process acknowledged before a take-over
         if config.delivery == "process":
             self._process = self._start_process()
 
@@ -221,7 +222,29 @@ class DurableMetricLogger:
         return self._sender.flush_seconds + child
 
     def _process_acked(self) -> int:
-        return self._process.acked() if self._process is not None else 0
+        return self._process.acked() if self._process is not None else self._ack_base
+
+    def _keep_delivering(self) -> None:
+        """Restarts a dead delivery process; once it keeps dying, takes over its spool."""
+        process = self._process
+        if process is None or self._closed:
+            return
+        process.restart_if_dead()
+        if process.given_up:
+            self._take_over_spool(process)
+
+    def _take_over_spool(self, process: DeliveryProcess) -> None:
+        """Queues the spooled points the delivery process never acknowledged for this
+        logger's own thread (or caller) delivery, ahead of any points the spool missed."""
+        with self._lock:
+            if self._process is not process:
+                return
+            self._flush_spool()
+            acked = process.acked()
+            _, spooled = read_spool(self.spool_path)
+            self._sender.queue.extendleft(reversed(spooled[acked : self._spooled]))
+            self._ack_base = acked
+            self._process = None
 
     # --- training-thread side -------------------------------------------------------------
 
@@ -296,7 +319,7 @@ class DurableMetricLogger:
         if self._process is not None or self._closed or not self._spool_ok:
             return
         try:
-            self._acks.write(f"{delivered}\n")
+            self._acks.write(f"{self._ack_base + delivered}\n")
             self._acks.flush()
         except (OSError, ValueError) as error:
             self._spool_failed(error)
@@ -312,7 +335,7 @@ class DurableMetricLogger:
                 force, self._force = self._force, False
             try:
                 if self._process is not None and not self._closed:
-                    self._process.restart_if_dead()
+                    self._keep_delivering()
                 self._attempt(force)
             except Exception:  # keep delivering whatever went wrong this time
                 logger.exception("metric delivery for run %s failed unexpectedly", self.run_id)
@@ -343,19 +366,25 @@ class DurableMetricLogger:
             self._flush_spool()
         if self._process is not None:
             self._process.request_flush()
-        if self._sender.queue:
-            if self._thread is None or not self._thread.is_alive():
-                if not self._flush_here(deadline):
-                    return False
-            elif not self._wait_for_thread(deadline):
-                return False
+        if not self._deliver_queue(deadline):
+            return False
         while self.pending > 0:
             if self._process is not None:
-                self._process.restart_if_dead()
+                self._keep_delivering()
+                if self._process is None and not self._deliver_queue(deadline):
+                    return False  # taken over from a delivery process that kept dying
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(_WAIT_POLL_S)
         return True
+
+    def _deliver_queue(self, deadline: float | None) -> bool:
+        """Delivers this logger's own queue, on its thread or (without one) right here."""
+        if not self._sender.queue:
+            return True
+        if self._thread is None or not self._thread.is_alive():
+            return self._flush_here(deadline)
+        return self._wait_for_thread(deadline)
 
     def _wait_for_thread(self, deadline: float | None) -> bool:
         with self._delivered:
@@ -393,7 +422,8 @@ class DurableMetricLogger:
         with self._lock:
             self._flush_spool()
         if self._process is not None:
-            self._process.restart_if_dead()
+            self._keep_delivering()
+        if self._process is not None:
             self._process.close(timeout_s)
             remaining = max(0.0, timeout_s - (time.monotonic() - started))
             delivered = not self._sender.queue or self.flush(remaining)

@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from support.mlflow_server import free_port
 
+from mlflow_audiodiag.monitoring import delivery as delivery_module
 from mlflow_audiodiag.monitoring import spool as spool_module
 from mlflow_audiodiag.monitoring.sink import (
     DurableMetricLogger,
@@ -298,6 +299,34 @@ def test_a_killed_delivery_process_is_restarted_and_sends_nothing_twice(
     assert sink._process.process is not first
     assert [step for step, _, _ in history(client, run_id, "m")] == list(range(200))
     assert sink.points_delivered == 200 and sink.pending == 0
+
+
+def test_a_delivery_process_that_cannot_run_is_taken_over_by_the_trainer(
+    client, run_id, tmp_path, monkeypatch, capfd, caplog
+) -> None:
+    caplog.set_level(logging.WARNING, logger=SINK_LOGGER)
+
+    def broken_start(self) -> subprocess.Popen:  # e.g. its interpreter cannot import us
+        return subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.exit('cannot start')"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    monkeypatch.setattr(delivery_module.DeliveryProcess, "_start", broken_start)
+    config = SinkConfig(flush_interval_s=0.05, max_batch=20, spool_dir=tmp_path / "spool")
+    sink = DurableMetricLogger(run_id, client, config)
+    for step in range(50):
+        sink.log("m", float(step), step)
+    assert sink.flush(timeout_s=30)
+    assert sink._process is None  # taken over after MAX_FUTILE_STARTS deaths
+    for step in range(50, 80):
+        sink.log("m", float(step), step)
+    assert sink.close(timeout_s=30)
+    assert [step for step, _, _ in history(client, run_id, "m")] == list(range(80))
+    assert sink.points_delivered == 80 and sink.pending == 0
+    assert spool_files(tmp_path / "spool") == []
+    assert "ended 3 times in a row without delivering anything" in caplog.text
+    assert "cannot start" in capfd.readouterr().err  # the process's own error is shown
 
 
 ORPHANING_TRAINER = textwrap.dedent(
