@@ -388,6 +388,18 @@ def follow(spool_path: Path, settings: dict) -> dict:
     }
 
 
+def _yield_cpu_to_training() -> None:
+    """Runs this process on idle CPU time only: the training process comes first.
+
+    On Linux ``SCHED_IDLE`` gives way to any waking thread at once; a nice value alone lets
+    this process keep a core for a scheduler slice while a training thread waits for it.
+    """
+    with contextlib.suppress(AttributeError, OSError):
+        os.nice(_NICENESS)
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m mlflow_audiodiag.monitoring.delivery SPOOL --settings JSON``."""
     parser = argparse.ArgumentParser(
@@ -399,8 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
-    with contextlib.suppress(AttributeError, OSError):
-        os.nice(_NICENESS)  # only idle CPU time: the training process comes first
+    _yield_cpu_to_training()
     result, sys.stdout = sys.stdout, sys.stderr  # stdout carries the counters only
     stats = follow(args.spool, json.loads(args.settings))
     print(json.dumps(stats), file=result, flush=True)

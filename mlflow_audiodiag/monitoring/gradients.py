@@ -91,6 +91,11 @@ class GradientTracker:
         self._allocate()
 
     @property
+    def parameters(self) -> list[nn.Parameter]:
+        """The tracked parameters, group by group."""
+        return self._params
+
+    @property
     def steps(self) -> int:
         """Number of completed steps (``after_step`` calls)."""
         return self._steps
@@ -101,6 +106,17 @@ class GradientTracker:
         zero = self._zero
         grads = [zero if p.grad is None else p.grad for p in self._params]
         self._grad_norms = torch._foreach_norm(grads) if grads else []
+        self._total_norm = None
+
+    def total_grad_norm(self) -> torch.Tensor | None:
+        """The L2 norm over every tracked gradient, from the norms :meth:`after_backward`
+        computed (a device tensor, no host sync); None before ``after_backward``."""
+        if self._grad_norms is None:
+            return None
+        if self._total_norm is None:
+            norms = self._grad_norms or [self._zero.reshape(())]
+            self._total_norm = torch.linalg.vector_norm(torch.stack(norms))
+        return self._total_norm
 
     def before_step(self) -> None:
         """Snapshots the tracked parameters when this step's update is measured."""
@@ -251,5 +267,6 @@ class GradientTracker:
                 ]
                 self._slices[index] = list(flat.split(sizes))
         self._grad_norms = self._weight_norms = None
+        self._total_norm: torch.Tensor | None = None
         self._next_weight_norms: list[torch.Tensor] = []
         self._snapshot_for = -1  # the step whose "before" snapshot the first buffer holds

@@ -118,6 +118,10 @@ class TrainingMonitor:
             track_updates=self.config.track_updates,
             update_interval=self.config.update_interval,
         )
+        tracked = {id(p) for p in self.tracker.parameters}
+        self._tracks_every_trainable = all(
+            id(p) in tracked for p in model.parameters() if p.requires_grad
+        )
         self.sink = sink or DurableMetricLogger(
             run_id, self.client, SinkConfig(flush_interval_s=self.config.flush_interval_s)
         )
@@ -222,6 +226,20 @@ class TrainingMonitor:
         self.tracker.before_step()
         if loss is not None:
             self._pending_losses.append(loss.detach())
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """``torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)``, reusing the
+        gradient norms :meth:`after_backward` just recorded instead of computing them again.
+
+        Call it between :meth:`after_backward` and ``optimizer.step()``; returns the total
+        norm before clipping. On steps that are not recorded, or when some trainable
+        parameters are outside the monitored groups, it is exactly torch's function.
+        """
+        total = self.tracker.total_grad_norm() if self._recording else None
+        if total is None or not self._tracks_every_trainable:
+            return nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        nn.utils.clip_grads_with_norm_(self.tracker.parameters, max_norm, total)
+        return total
 
     def after_step(self, loss: torch.Tensor | None = None) -> None:
         """Call after ``optimizer.step()``; pass ``loss`` here if not to :meth:`after_backward`."""

@@ -133,7 +133,10 @@ class Trainer:
         if monitor is not None:
             monitor.after_backward(loss)
         if self.config.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+            if monitor is not None:  # reuses the gradient norms the monitor just recorded
+                monitor.clip_grad_norm_(self.config.optim.grad_clip)
+            else:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
         if not self.config.faults.skip_optimizer_step:
             self.optimizer.step()
         if monitor is not None:

@@ -3,6 +3,7 @@ MLflow equals values computed independently in the test."""
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 
 import mlflow
@@ -11,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
+from torch import nn
 
 from mlflow_audiodiag import schema
 from mlflow_audiodiag.model.transformer import AudioTransformer, ModelConfig
@@ -132,3 +134,39 @@ def test_non_finite_loss_and_gradients_are_counted_not_raised(tracking_uri) -> N
     assert nonfinite >= 1  # the poisoned step (and, through NaN weights, what follows)
     assert metrics[schema.METRIC_NONFINITE_LOSS] == nonfinite
     assert metrics[schema.METRIC_NONFINITE_GRADS] >= 1
+
+
+@pytest.mark.parametrize(
+    ("groups", "every_n_steps"),
+    [
+        (None, 1),  # reuses the recorded norms
+        ({"head": ["head"]}, 1),  # trainable parameters outside the groups: torch's function
+        (None, 2),  # every other step is not recorded: torch's function
+    ],
+)
+def test_monitor_clipping_equals_torch_clipping(tracking_uri, groups, every_n_steps) -> None:
+    torch.manual_seed(0)
+    features, labels = torch.randn(16, 16, 40), torch.randint(0, 3, (16,))
+    models = [AudioTransformer(16, 40, 3, ModelConfig(dim=32, heads=2, layers=2, dropout=0.0))]
+    models.append(copy.deepcopy(models[0]))
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in models]
+    config = MonitorConfig(every_n_steps=every_n_steps)
+    with mlflow.start_run():
+        monitor = TrainingMonitor(models[1], optimizers[1], groups=groups, config=config)
+        for _ in range(3):
+            totals = []
+            for index, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
+                optimizer.zero_grad()
+                F.cross_entropy(model(features), labels).backward()
+                if index == 0:
+                    totals.append(nn.utils.clip_grad_norm_(model.parameters(), 0.05))
+                else:
+                    monitor.after_backward()
+                    totals.append(monitor.clip_grad_norm_(0.05))
+                optimizer.step()
+            monitor.after_step()
+            assert totals[1].item() == pytest.approx(totals[0].item(), rel=1e-6)
+            assert totals[0].item() > 0.05  # the clipping bites
+            for plain, monitored in zip(*(m.parameters() for m in models), strict=True):
+                torch.testing.assert_close(monitored, plain)
+        assert monitor.close()

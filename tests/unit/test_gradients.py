@@ -220,3 +220,30 @@ def test_update_interval_measures_every_kth_step() -> None:
         tracker.after_step()
     measured = [r.step for r in tracker.drain() if "update_ratio/head" in r.metrics]
     assert measured == [0, 2, 4]
+
+
+def _clip_with(clip, max_norm: float, seed: int = 3) -> tuple[list[torch.Tensor], float]:
+    model = _model(seed)
+    _backward(model, seed)
+    total = clip(model, max_norm)
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None], float(total)
+
+
+def test_total_grad_norm_reuses_the_recorded_norms_for_clipping() -> None:
+    def torch_clip(model, max_norm):
+        return nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+    def tracker_clip(model, max_norm):
+        tracker = GradientTracker(model, ParameterGroups.default(model))
+        assert tracker.total_grad_norm() is None  # nothing recorded yet
+        tracker.after_backward()
+        total = tracker.total_grad_norm()
+        nn.utils.clip_grads_with_norm_(tracker.parameters, max_norm, total)
+        return total
+
+    for max_norm in (1e-3, 1e6):  # clipping, and a bound the norm stays under
+        expected, expected_total = _clip_with(torch_clip, max_norm)
+        clipped, total = _clip_with(tracker_clip, max_norm)
+        assert total == pytest.approx(expected_total, rel=1e-6)
+        for got, want in zip(clipped, expected, strict=True):
+            torch.testing.assert_close(got, want)
