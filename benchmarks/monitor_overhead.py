@@ -16,7 +16,7 @@ Prints each overhead ratio (instrumented step time / plain step time) and the ti
 inside the monitor's calls, then the logging figures of a ``--steps``-step instrumented run:
 metric points, tracking calls and time spent flushing.
 
-    python benchmarks/monitor_overhead.py [--blocks 40] [--block-steps 5] [--steps 1000]
+    python benchmarks/monitor_overhead.py [--blocks 100] [--block-steps 5] [--steps 1000]
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def _report(title: str, plain_s: list[float], inst_s: list[float], steps: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, default=40)
+    parser.add_argument("--blocks", type=int, default=100)
     parser.add_argument("--block-steps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument(

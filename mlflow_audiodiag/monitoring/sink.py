@@ -1,9 +1,9 @@
 """Durable, non-blocking metric logging to MLflow.
 
 ``DurableMetricLogger.log`` only appends to an append-only spool file (see
-:mod:`~mlflow_audiodiag.monitoring.spool`). By default a separate delivery process at low CPU
-priority follows that file and sends the points with ``MlflowClient.log_batch``, so the
-training process spends nothing on the tracking store; ``delivery="thread"`` sends them from a
+:mod:`~mlflow_audiodiag.monitoring.spool`). By default a separate delivery process running on
+idle CPU time only follows that file and sends the points with ``MlflowClient.log_batch``, so
+the training process spends nothing on the tracking store; ``delivery="thread"`` sends them from a
 background thread instead (points then also wait in memory), ``delivery="caller"`` only on
 ``flush``/``close``. When the tracking server is down, points stay spooled, one warning is
 logged, and delivery resumes with exponential backoff. A spool left behind by a crashed

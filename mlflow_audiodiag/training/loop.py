@@ -133,7 +133,9 @@ class Trainer:
         if monitor is not None:
             monitor.after_backward(loss)
         if self.config.optim.grad_clip > 0:
-            if monitor is not None:  # reuses the gradient norms the monitor just recorded
+            # The monitor reuses the gradient norms it just recorded. Under DDP only rank 0
+            # has a monitor, and every rank must clip with bit-identical arithmetic.
+            if monitor is not None and not self.dist.enabled:
                 monitor.clip_grad_norm_(self.config.optim.grad_clip)
             else:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
