@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -313,6 +314,8 @@ class TrainingMonitor:
             logger.error(
                 "could not log monitor artifacts (kept in %s): %s", self._artifact_dir, error
             )
+        else:
+            shutil.rmtree(self._artifact_dir, ignore_errors=True)  # the run holds them now
         return self.sink.close(timeout_s=timeout_s)
 
     def __enter__(self) -> TrainingMonitor:

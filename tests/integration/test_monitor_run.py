@@ -74,6 +74,7 @@ def test_monitor_records_what_an_independent_computation_gives(tracking_uri) -> 
                 model.train()
             monitor.end_epoch(epoch, labels, logits, classes=CLASSES)
         assert monitor.close()
+        assert not monitor._artifact_dir.exists()  # logged to the run, then removed locally
     client = MlflowClient()
     run_id = run.info.run_id
 
