@@ -212,6 +212,16 @@ def _child_environment() -> dict[str, str]:
 MAX_FUTILE_STARTS = 3
 
 
+def _scheduler_times(pid: int) -> tuple[float, float] | None:
+    """Seconds a process's main thread has run on a CPU and waited, runnable, for one (Linux
+    ``/proc/<pid>/schedstat``); None where that is not available."""
+    try:
+        fields = Path(f"/proc/{pid}/schedstat").read_text().split()
+        return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class DeliveryProcess:
     """The training side's handle on the delivery process of one spool."""
 
@@ -226,6 +236,7 @@ class DeliveryProcess:
         self._futile_starts = 0  # deaths in a row without any point delivered
         self._acked_at_start = 0
         self.given_up = False
+        self._watch: tuple[float, int, tuple[float, float]] | None = None
         self.process = self._start()
 
     def _start(self) -> subprocess.Popen:
@@ -284,25 +295,56 @@ class DeliveryProcess:
             self.process.returncode,
         )
         self._acked_at_start = self.acked()
+        self._watch = None
         self.process = self._start()
 
     def request_flush(self) -> None:
         self._send("flush")
 
-    def close(self, timeout_s: float) -> None:
-        """Asks the process to deliver everything and exit; stops it after ``timeout_s``
-        (what it delivered stays acknowledged, the rest stays in the spool)."""
+    def request_close(self, timeout_s: float) -> None:
+        """Asks the process to deliver everything within ``timeout_s`` and exit."""
+        self.closing = True
+        self._send(f"close {max(timeout_s, 0.0)}")
+
+    def finish_close(self, timeout_s: float = 5.0) -> None:
+        """Waits for the process to exit (stops it after ``timeout_s``) and reads its
+        counters; what it delivered stays acknowledged, the rest stays in the spool."""
         self.closing = True
         try:
-            out, _ = self.process.communicate(
-                input=f"close {max(timeout_s, 0.0)}\n", timeout=timeout_s + 5.0
-            )
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            out, _ = self.process.communicate()
+            out, _ = self.process.communicate(timeout=timeout_s)
+        except (subprocess.TimeoutExpired, ValueError, OSError):
+            self.stop()
+            out = ""
         for line in (out or "").splitlines():
             with contextlib.suppress(ValueError):
                 self.stats = json.loads(line)
+
+    def stop(self) -> None:
+        """Kills the process and waits for it."""
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5.0)
+        for pipe in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError, ValueError):
+                pipe.close()
+
+    def starved(self, window_s: float) -> bool:
+        """Whether the process has been runnable but kept off the CPU for most of the last
+        ``window_s`` seconds without delivering anything: idle-priority scheduling on a
+        machine that other work keeps busy. Call it while waiting for delivery. A process
+        that sleeps (in a retry backoff, or on the network) is not starved."""
+        sample = (time.monotonic(), self.acked(), _scheduler_times(self.process.pid))
+        if sample[2] is None or self._watch is None or self._watch[1] != sample[1]:
+            self._watch = sample  # the first sample, or the process made progress
+            return False
+        started, _, (cpu0, wait0) = self._watch
+        elapsed = sample[0] - started
+        if elapsed < window_s:
+            return False
+        cpu, wait = sample[2]
+        self._watch = sample
+        return wait - wait0 > 0.5 * elapsed and cpu - cpu0 < 0.1 * elapsed
 
     def _send(self, command: str) -> None:
         try:

@@ -69,6 +69,8 @@ _KEY_PATTERN = re.compile(r"^[/\w.\- :]*$")
 _MAX_KEY_LENGTH = 250
 _SPOOL_BUFFER_BYTES = 1 << 16
 _WAIT_POLL_S = 0.02
+# A delivery process kept off the CPU this long while the trainer waits is taken over.
+_STARVED_WINDOW_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -224,12 +226,25 @@ class DurableMetricLogger:
     def _process_acked(self) -> int:
         return self._process.acked() if self._process is not None else self._ack_base
 
-    def _keep_delivering(self) -> None:
-        """Restarts a dead delivery process; once it keeps dying, takes over its spool."""
+    def _keep_delivering(self, waiting: bool = False) -> None:
+        """Restarts a dead delivery process; takes over its spool once it keeps dying or,
+        while this process is ``waiting`` for delivery, when it ended after a close or gets
+        no CPU time at all."""
         process = self._process
         if process is None or self._closed:
             return
         process.restart_if_dead()
+        if waiting and not process.given_up:
+            if process.closing and not process.alive and self.pending > 0:
+                process.given_up = True  # it closed with points left: go on from here
+            elif process.alive and process.starved(_STARVED_WINDOW_S):
+                logger.info(
+                    "metric delivery process for %s gets no CPU time (other work keeps "
+                    "every core busy); delivering the rest from the training process",
+                    self.spool_path,
+                )
+                process.stop()
+                process.given_up = True
         if process.given_up:
             self._take_over_spool(process)
 
@@ -370,7 +385,7 @@ class DurableMetricLogger:
             return False
         while self.pending > 0:
             if self._process is not None:
-                self._keep_delivering()
+                self._keep_delivering(waiting=True)
                 if self._process is None and not self._deliver_queue(deadline):
                     return False  # taken over from a delivery process that kept dying
             if deadline is not None and time.monotonic() >= deadline:
@@ -424,11 +439,11 @@ class DurableMetricLogger:
         if self._process is not None:
             self._keep_delivering()
         if self._process is not None:
-            self._process.close(timeout_s)
+            self._process.request_close(timeout_s)
+        delivered = self.flush(timeout_s)
+        if self._process is not None:
             remaining = max(0.0, timeout_s - (time.monotonic() - started))
-            delivered = not self._sender.queue or self.flush(remaining)
-        else:
-            delivered = self.flush(timeout_s)
+            self._process.finish_close(timeout_s=min(remaining, 5.0) + 1.0)
         self._sender.stopped = True
         self._stop.set()
         self._wake.set()

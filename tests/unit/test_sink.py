@@ -329,6 +329,39 @@ def test_a_delivery_process_that_cannot_run_is_taken_over_by_the_trainer(
     assert "cannot start" in capfd.readouterr().err  # the process's own error is shown
 
 
+def _busy_loops() -> list[subprocess.Popen]:
+    """One CPU-bound process per core, at normal priority."""
+    loop = "while True: pass"
+    return [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(os.cpu_count() or 1)]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_a_delivery_process_starved_of_cpu_is_taken_over_while_the_trainer_waits(
+    client, run_id, tmp_path, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger=SINK_LOGGER)
+    config = SinkConfig(flush_interval_s=60.0, spool_dir=tmp_path / "spool")
+    sink = DurableMetricLogger(run_id, client, config)
+    child = sink._process.process.pid
+    deadline = time.monotonic() + 60
+    while os.sched_getscheduler(child) != os.SCHED_IDLE:  # it has started following
+        assert time.monotonic() < deadline, "the delivery process never went idle-priority"
+        time.sleep(0.05)
+    busy = _busy_loops()
+    try:
+        for step in range(50):
+            sink.log("m", float(step), step)
+        assert sink.flush(timeout_s=60)
+        assert sink._process is None  # the trainer delivered
+        assert "gets no CPU time" in caplog.text
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    assert sink.close(timeout_s=30)
+    assert [step for step, _, _ in history(client, run_id, "m")] == list(range(50))
+
+
 ORPHANING_TRAINER = textwrap.dedent(
     """
     import os, sys
