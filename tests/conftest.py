@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -31,3 +32,6 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     if mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
+    # An experiment a test made active (mlflow.set_experiment) belongs to this store only.
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    mlflow.tracking.fluent._active_experiment_id = None
