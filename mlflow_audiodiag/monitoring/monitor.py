@@ -120,9 +120,8 @@ class TrainingMonitor:
             update_interval=self.config.update_interval,
         )
         tracked = {id(p) for p in self.tracker.parameters}
-        self._tracks_every_trainable = all(
-            id(p) in tracked for p in model.parameters() if p.requires_grad
-        )
+        # Frozen when the monitor was built, so untracked: gradients there mean an unfreeze.
+        self._untracked = [p for p in model.parameters() if id(p) not in tracked]
         self.sink = sink or DurableMetricLogger(
             run_id, self.client, SinkConfig(flush_interval_s=self.config.flush_interval_s)
         )
@@ -233,11 +232,11 @@ class TrainingMonitor:
         gradient norms :meth:`after_backward` just recorded instead of computing them again.
 
         Call it between :meth:`after_backward` and ``optimizer.step()``; returns the total
-        norm before clipping. On steps that are not recorded, or when some trainable
-        parameters are outside the monitored groups, it is exactly torch's function.
+        norm before clipping. On steps that are not recorded, or once parameters that were
+        frozen when the monitor was built have gradients, it is exactly torch's function.
         """
         total = self.tracker.total_grad_norm() if self._recording else None
-        if total is None or not self._tracks_every_trainable:
+        if total is None or any(p.grad is not None for p in self._untracked):
             return nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         nn.utils.clip_grads_with_norm_(self.tracker.parameters, max_norm, total)
         return total

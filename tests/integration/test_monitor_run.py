@@ -138,14 +138,14 @@ def test_non_finite_loss_and_gradients_are_counted_not_raised(tracking_uri) -> N
 
 
 @pytest.mark.parametrize(
-    ("groups", "every_n_steps"),
+    ("unfreeze_head", "every_n_steps"),
     [
-        (None, 1),  # reuses the recorded norms
-        ({"head": ["head"]}, 1),  # trainable parameters outside the groups: torch's function
-        (None, 2),  # every other step is not recorded: torch's function
+        (False, 1),  # reuses the recorded norms
+        (True, 1),  # the head, frozen when the monitor was built, trains: torch's function
+        (False, 2),  # every other step is not recorded: torch's function
     ],
 )
-def test_monitor_clipping_equals_torch_clipping(tracking_uri, groups, every_n_steps) -> None:
+def test_monitor_clipping_equals_torch_clipping(tracking_uri, unfreeze_head, every_n_steps) -> None:
     torch.manual_seed(0)
     features, labels = torch.randn(16, 16, 40), torch.randint(0, 3, (16,))
     models = [AudioTransformer(16, 40, 3, ModelConfig(dim=32, heads=2, layers=2, dropout=0.0))]
@@ -153,7 +153,9 @@ def test_monitor_clipping_equals_torch_clipping(tracking_uri, groups, every_n_st
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in models]
     config = MonitorConfig(every_n_steps=every_n_steps)
     with mlflow.start_run():
-        monitor = TrainingMonitor(models[1], optimizers[1], groups=groups, config=config)
+        models[1].head.requires_grad_(not unfreeze_head)
+        monitor = TrainingMonitor(models[1], optimizers[1], config=config)
+        models[1].head.requires_grad_(True)
         for _ in range(3):
             totals = []
             for index, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
