@@ -349,8 +349,7 @@ class DurableMetricLogger:
                 self._flush_spool()
                 force, self._force = self._force, False
             try:
-                if self._process is not None and not self._closed:
-                    self._keep_delivering()
+                self._keep_delivering()
                 self._attempt(force)
             except Exception:  # keep delivering whatever went wrong this time
                 logger.exception("metric delivery for run %s failed unexpectedly", self.run_id)
@@ -387,7 +386,7 @@ class DurableMetricLogger:
             if self._process is not None:
                 self._keep_delivering(waiting=True)
                 if self._process is None and not self._deliver_queue(deadline):
-                    return False  # taken over from a delivery process that kept dying
+                    return False  # the spool was just taken over from the delivery process
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(_WAIT_POLL_S)
@@ -436,8 +435,7 @@ class DurableMetricLogger:
         started = time.monotonic()
         with self._lock:
             self._flush_spool()
-        if self._process is not None:
-            self._keep_delivering()
+        self._keep_delivering()
         if self._process is not None:
             self._process.request_close(timeout_s)
         delivered = self.flush(timeout_s)
