@@ -187,7 +187,6 @@ def _prepare_data(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-
     from mlflow_audiodiag.training.config import TrainConfig
     from mlflow_audiodiag.training.run import train
 

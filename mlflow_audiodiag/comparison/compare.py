@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,10 +125,8 @@ def log_comparison(
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)
         run_id = client.create_run(experiment_id, run_name="comparison").info.run_id
     client.set_tag(run_id, schema.TAG_COMPARISON, "true")
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in files.values():
-            (Path(tmp) / path.name).write_bytes(path.read_bytes())
-        client.log_artifacts(run_id, tmp, schema.ARTIFACT_DIR_COMPARISON)
+    for path in files.values():
+        client.log_artifact(run_id, str(path), schema.ARTIFACT_DIR_COMPARISON)
     if created:
         client.set_terminated(run_id)
     return run_id
