@@ -28,17 +28,24 @@ def _env(tracking_uri: str, cache_root: Path) -> dict[str, str]:
     }
 
 
-def test_mlflow_run_train_entry_point(tracking_uri, cache_root, tmp_path: Path) -> None:
+def _mlflow_run(
+    entry_point: str, params: list[str], env: dict[str, str], cwd: Path, *options: str
+) -> subprocess.CompletedProcess:
+    """``mlflow run`` of this project's ``entry_point`` with ``-P`` ``params``, as users run it."""
     command = [
-        sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "-e", "train",
-        "--env-manager", "local", "--experiment-name", "project-e2e",
-        "-P", "synthetic_classes=3", "-P", "synthetic_clips_per_class=10",
-        "-P", "epochs=2", "-P", "dim=32", "-P", "heads=2", "-P", "layers=1",
+        sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "-e", entry_point,
+        "--env-manager", "local", *options, *(arg for p in params for arg in ("-P", p)),
     ]  # fmt: skip
-    done = subprocess.run(
-        command, env=_env(tracking_uri, cache_root), cwd=tmp_path,
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_mlflow_run_train_entry_point(tracking_uri, cache_root, tmp_path: Path) -> None:
+    params = [
+        "synthetic_classes=3", "synthetic_clips_per_class=10",
+        "epochs=2", "dim=32", "heads=2", "layers=1",
+    ]  # fmt: skip
+    env = _env(tracking_uri, cache_root)
+    done = _mlflow_run("train", params, env, tmp_path, "--experiment-name", "project-e2e")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "validation accuracy:" in done.stdout
 
@@ -63,15 +70,8 @@ def test_mlflow_run_train_entry_point(tracking_uri, cache_root, tmp_path: Path) 
 
 def test_mlflow_run_prepare_data_entry_point(tracking_uri, tmp_path: Path) -> None:
     out = tmp_path / "corpus"
-    command = [
-        sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "-e", "prepare_data",
-        "--env-manager", "local", "-P", f"out={out}", "-P", "n_classes=2",
-        "-P", "clips_per_class=6", "-P", "imbalance_ratio=2",
-    ]  # fmt: skip
-    done = subprocess.run(
-        command, env=_env(tracking_uri, tmp_path / "cache"), cwd=tmp_path,
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    params = [f"out={out}", "n_classes=2", "clips_per_class=6", "imbalance_ratio=2"]
+    done = _mlflow_run("prepare_data", params, _env(tracking_uri, tmp_path / "cache"), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = pd.read_csv(out / "manifest.csv")
     assert manifest.label.value_counts().sort_values().tolist() == [3, 6]
@@ -114,15 +114,13 @@ def test_mlflow_run_compare_entry_point_logs_the_comparison(tracking_uri, cache_
         run_id = client.create_run(team, run_name=verdict).info.run_id
         client.set_tag(run_id, schema.TAG_VERDICT, verdict)
         client.set_terminated(run_id)
-    command = [
-        sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "-e", "compare",
-        "--env-manager", "local", "--experiment-name", "comparisons", "-P", "experiment=team",
-        "-P", f"filter=tags.`{schema.TAG_VERDICT}` = 'stagnant'", "-P", f"out={tmp_path / 'cmp'}",
-    ]  # fmt: skip
-    done = subprocess.run(
-        command, env=_env(tracking_uri, cache_root), cwd=tmp_path,
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    params = [
+        "experiment=team",
+        f"filter=tags.`{schema.TAG_VERDICT}` = 'stagnant'",
+        f"out={tmp_path / 'cmp'}",
+    ]
+    env = _env(tracking_uri, cache_root)
+    done = _mlflow_run("compare", params, env, tmp_path, "--experiment-name", "comparisons")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "verdicts: stagnant 1" in done.stdout
     (run,) = client.search_runs([client.get_experiment_by_name("comparisons").experiment_id])

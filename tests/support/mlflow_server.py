@@ -5,21 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from mlflow_audiodiag.cli.server import free_port, server_command
 
 
 @dataclass
@@ -35,10 +28,6 @@ class MlflowServer:
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def backend_store_uri(self) -> str:
-        return f"sqlite:///{self.root / 'mlflow.db'}"
 
     @property
     def log_path(self) -> Path:
@@ -61,14 +50,7 @@ class MlflowServer:
             raise RuntimeError(f"mlflow server on {self.uri} is already running")
         self.root.mkdir(parents=True, exist_ok=True)
         self.starts += 1
-        command = [
-            sys.executable, "-m", "mlflow", "server",
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--backend-store-uri", self.backend_store_uri,
-            "--artifacts-destination", str(self.root / "artifacts"),
-            "--workers", "1",
-        ]  # fmt: skip
+        command = [*server_command(self.root, port=self.port), "--workers", "1"]
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
         with self.log_path.open("wb") as log:
