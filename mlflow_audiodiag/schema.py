@@ -1,7 +1,9 @@
-"""Every MLflow metric, param, tag and artifact name the package writes, in one place.
+"""Every MLflow name the package writes that is not a signal of the evidence contract.
 
-Metric names use ``/`` to group (``train/loss``, ``val/accuracy``) so MLflow's UI charts them
-side by side; search them with backticks: ``metrics.`val/accuracy` > 0.9``.
+The signals the diagnosis reads (``val/accuracy``, ``grad_norm/<group>``, ...) are declared in
+:mod:`mlflow_audiodiag.signals`; here are tags, artifacts, params and the metrics that only
+people read. Metric names use ``/`` to group (``train/loss``, ``val/accuracy``) so MLflow's UI
+charts them side by side; search them with backticks: ``metrics.`val/accuracy` > 0.9``.
 """
 
 from __future__ import annotations
@@ -12,76 +14,52 @@ SPLIT_TRAIN: Final = "train"
 SPLIT_VAL: Final = "val"
 SPLIT_TEST: Final = "test"
 
-# Per-epoch metrics are logged as f"{split}/{name}", e.g. "val/balanced_accuracy".
-EPOCH_METRICS: Final = ("loss", "accuracy", "balanced_accuracy", "macro_f1")
-
 
 def split_metric(split: str, name: str) -> str:
-    """Metric key for ``name`` measured on ``split``."""
+    """Metric key for ``name`` measured on ``split``, e.g. ``test/accuracy``."""
     return f"{split}/{name}"
 
 
-METRIC_LR: Final = "train/lr"
+# --- metrics people chart (the bundled training and the monitor) -------------------------------
 METRIC_EPOCH_SECONDS: Final = "train/epoch_seconds"
 METRIC_BEST_EPOCH: Final = "best/epoch"
 METRIC_BEST_VAL_ACCURACY: Final = "best/val_accuracy"
-METRIC_MAJORITY_BASELINE: Final = "data/val_majority_accuracy"
 METRIC_SKIPPED_FILES: Final = "data/skipped_files"
-METRIC_CROPPED_CLIPS: Final = "data/cropped_clips"
-METRIC_CLIPS_PREFIX: Final = "data/clips_"  # + split name
 METRIC_STOPPED_EARLY: Final = "train/stopped_early"
+METRIC_TEST_PREFIX: Final = "test/"  # + loss, accuracy, balanced_accuracy, macro_f1
+# Downsampled per-step series: log10 so that tiny values read in the UI's charts.
+METRIC_LOG10_UPDATE_RATIO: Final = "train/log10_update_ratio"  # the fastest group's ratio
+METRIC_LOG10_LR: Final = "train/log10_lr"  # the largest param-group learning rate
+METRIC_GRAD_NORM_MAX: Final = "grad_norm/total_max"  # largest total norm in each window
 
 TAG_DATA_SOURCE: Final = "audiodiag.data_source"
 TAG_PACKAGE_VERSION: Final = "audiodiag.version"
 TAG_WORLD_SIZE: Final = "audiodiag.world_size"  # processes that trained the run (DDP), "1" alone
+TAG_FRONT_END: Final = "audiodiag.front_end"  # bundled | loop | watch | lightning | huggingface
+# The experiment tag that makes MLflow's UI open an experiment in its model-training view.
+TAG_EXPERIMENT_KIND: Final = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING: Final = "custom_model_development"
 
 ARTIFACT_CONFIG: Final = "config.json"
 ARTIFACT_NORMALIZATION: Final = "data/normalization.json"
 ARTIFACT_CLASSES: Final = "data/classes.json"
 ARTIFACT_SKIPPED: Final = "data/skipped_files.csv"
+ARTIFACT_DATA_SUMMARY: Final = "data/summary.json"  # clips per split, cropped clips
 ARTIFACT_CONFUSION_CSV: Final = "evaluation/confusion_matrix.csv"
 ARTIFACT_CONFUSION_PNG: Final = "evaluation/confusion_matrix.png"
 ARTIFACT_MODEL: Final = "model"
 
-# --- Training monitor (mlflow_audiodiag.monitoring) -------------------------------------------
-# Per optimizer step (step = global step, counted from 1):
-METRIC_STEP_LOSS: Final = "train/step_loss"
-GRAD_NORM_PREFIX: Final = "grad_norm/"  # + group name, or "total" (before clipping)
-UPDATE_RATIO_PREFIX: Final = "update_ratio/"  # + group name: ||dW|| / ||W|| per step
-LR_PREFIX: Final = "lr/"  # + optimizer param-group name (or index)
-# Cumulative counts, logged once per buffer drain (at its last step):
-METRIC_NONFINITE_GRADS: Final = "nonfinite/grads"  # gradient tensors with a non-finite norm
-METRIC_NONFINITE_LOSS: Final = "nonfinite/loss"  # steps with a non-finite loss
-FROZEN_FRACTION_PREFIX: Final = "frozen_fraction/"  # + group name, logged once
-
-# Per split and stage ("raw" before normalization, "normalized" after), logged once:
-FEATURES_PREFIX: Final = "features/"  # features/<stage>/<split>/<statistic>
-# feature_shift/<stage>/<split>_vs_train_smd_{max,mean}: standardized train-vs-split shift
-FEATURE_SHIFT_PREFIX: Final = "feature_shift/"
-LABELS_PREFIX: Final = "labels/"  # labels/<split>/<statistic>
-AUDIO_PREFIX: Final = "audio/"  # audio/<split>/<statistic>: silent/clipped fractions, levels
-
-# Per epoch (step = epoch) on the validation split:
-VAL_PRED_PREFIX: Final = "val_pred/"  # top_class_fraction, hist_entropy, mean_entropy, ...
-VAL_PRED_COUNT_PREFIX: Final = "val_pred_count/"  # + class name
-VAL_RECALL_PREFIX: Final = "val_recall/"  # + class name
-ATTENTION_ENTROPY_PREFIX: Final = "attention_entropy/layer"  # + layer index
-
+# --- the monitor's artifacts (mlflow_audiodiag.monitoring) -------------------------------------
 ARTIFACT_DIR_MONITOR: Final = "monitor"
+ARTIFACT_STEPS: Final = "monitor/steps.parquet"  # every step signal, one row per step
+ARTIFACT_EPOCHS: Final = "monitor/epochs.parquet"  # every epoch signal, one row per epoch
+ARTIFACT_SUMMARY: Final = "monitor/summary.json"  # every once signal
+ARTIFACT_PARAMETER_GROUPS: Final = "monitor/parameter_groups.json"  # groups in forward order
 ARTIFACT_FEATURE_TABLE: Final = "monitor/features_{stage}_{split}.csv"
 ARTIFACT_FEATURE_SUMMARY: Final = "monitor/features.json"
 ARTIFACT_FEATURE_PLOT: Final = "monitor/features_{stage}.png"
-ARTIFACT_LABEL_SUMMARY: Final = "monitor/labels.json"
 ARTIFACT_LABEL_TABLE: Final = "monitor/labels.csv"
 ARTIFACT_LABEL_PLOT: Final = "monitor/labels.png"
-ARTIFACT_PREDICTIONS: Final = "monitor/val_predictions.json"
-ARTIFACT_PARAMETER_GROUPS: Final = "monitor/parameter_groups.json"
-
-
-def metric_safe(name: str) -> str:
-    """``name`` with characters MLflow rejects in metric keys replaced by ``_``."""
-    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
-
 
 # --- Diagnosis (mlflow_audiodiag.diagnosis), written back to the diagnosed run -----------------
 TAG_VERDICT: Final = "audiodiag.verdict"  # healthy | stagnant | diverged | inconclusive

@@ -276,7 +276,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
     from mlflow_audiodiag.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
-    from mlflow_audiodiag.diagnosis.writeback import diagnose_run, summary_markdown
+    from mlflow_audiodiag.reporting.writeback import diagnose_run, summary_markdown
 
     check_tracking_server()
     thresholds = DEFAULT_THRESHOLDS

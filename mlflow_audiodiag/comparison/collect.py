@@ -126,7 +126,7 @@ def collect_runs(
 
 def diagnose_missing(client: MlflowClient, summaries: list[RunSummary]) -> list[RunSummary]:
     """Diagnoses (and writes back to) every run not diagnosed yet; the others unchanged."""
-    from mlflow_audiodiag.diagnosis.writeback import diagnose_run
+    from mlflow_audiodiag.reporting.writeback import diagnose_run
 
     out = []
     for summary in summaries:

@@ -10,6 +10,12 @@ import torch
 import torchaudio.functional as audio_functional
 
 from mlflow_audiodiag.errors import DataError
+from mlflow_audiodiag.numeric import (  # noqa: F401 - part of this module's interface
+    CLIP_LEVEL,
+    CLIPPED_SHARE,
+    SILENCE_DBFS,
+    clip_levels,
+)
 
 
 def read_audio(path: str | Path, target_sr: int) -> np.ndarray:
@@ -61,25 +67,3 @@ def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), np.asarray(samples), int(sample_rate), subtype="PCM_16", format="WAV")
-
-
-SILENCE_DBFS = -60.0
-"""A clip whose RMS level is below this is counted as silent."""
-CLIP_LEVEL = 0.999
-"""A sample at or above this magnitude is at full scale."""
-CLIPPED_SHARE = 0.001
-"""A clip with at least this share of full-scale samples is counted as clipped."""
-
-
-def clip_levels(samples: np.ndarray) -> tuple[float, float, float]:
-    """``(rms_dbfs, peak_dbfs, full_scale_share)`` of a finite mono clip in ``[-1, 1]``."""
-    magnitude = np.abs(np.asarray(samples, dtype=np.float64))
-    if magnitude.size == 0:
-        return float("-inf"), float("-inf"), 0.0
-    rms = float(np.sqrt(np.mean(magnitude**2)))
-    peak = float(magnitude.max())
-    return (
-        20.0 * np.log10(max(rms, 1e-10)),
-        20.0 * np.log10(max(peak, 1e-10)),
-        float(np.mean(magnitude >= CLIP_LEVEL)),
-    )

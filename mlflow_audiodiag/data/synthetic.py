@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from mlflow_audiodiag.cache import default_cache_root
 from mlflow_audiodiag.data.audio_io import write_wav
 from mlflow_audiodiag.data.splits import stratified_split
 from mlflow_audiodiag.errors import ConfigError
@@ -119,16 +120,6 @@ class SyntheticConfig:
         """Ten hex digits identifying these settings (and the generator version)."""
         encoded = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(encoded).hexdigest()[:10]
-
-
-def default_cache_root() -> Path:
-    """``$AUDIODIAG_CACHE_DIR``, else ``$XDG_CACHE_HOME/mlflow-audiodiag``, else ``~/.cache/``."""
-    explicit = os.environ.get("AUDIODIAG_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "mlflow-audiodiag"
 
 
 # --- signal synthesis -------------------------------------------------------------------

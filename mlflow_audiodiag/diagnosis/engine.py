@@ -1,89 +1,126 @@
-"""Runs every rule on a run's evidence and decides the verdict and the primary cause."""
+"""Runs the rules family by family, applies what they declare, and decides the verdict and
+the primary cause.
+
+    >>> from mlflow_audiodiag.diagnosis.evidence import RunEvidence
+    >>> diagnose(RunEvidence()).verdict
+    'inconclusive'
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Sequence
 
-from mlflow_audiodiag.diagnosis import findings as codes
 from mlflow_audiodiag.diagnosis.evidence import RunEvidence
-from mlflow_audiodiag.diagnosis.findings import SYMPTOM_CODES, Diagnosis, Finding, Severity, Verdict
-from mlflow_audiodiag.diagnosis.rules import RULES, VAL_ACCURACY, MissingSignal
+from mlflow_audiodiag.diagnosis.findings import Diagnosis, Finding, Severity, Verdict
+from mlflow_audiodiag.diagnosis.rules import (
+    EXPLODING_GRADIENTS,
+    MAJORITY_CLASS_COLLAPSE,
+    NON_FINITE,
+    RULES,
+    STAGNANT_VALIDATION,
+    Context,
+    MissingSignal,
+    NotApplicable,
+    Rule,
+    ordered,
+)
 from mlflow_audiodiag.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
 
-# Among causes whose scores tie (to 2 decimals) the earlier one here is the primary cause:
-# broken numerics and optimization first (they invalidate every other signal), then the input
-# pipeline, then the data, then generalization and architecture. Class imbalance and majority
-# collapse share a rank in spirit; the imbalance comes first because it names the root cause.
-CAUSE_PRECEDENCE: tuple[str, ...] = (
-    codes.NON_FINITE,
-    codes.NO_WEIGHT_UPDATES,
-    codes.EXPLODING_GRADIENTS,
-    codes.VANISHING_GRADIENTS,
-    codes.LR_TOO_HIGH,
-    codes.LR_TOO_LOW,
-    codes.UNNORMALIZED_FEATURES,
-    codes.NORMALIZATION_MISMATCH,
-    codes.MAJORITY_CLASS_COLLAPSE,
-    codes.CLASS_IMBALANCE,
-    codes.LABEL_NOISE,
-    codes.OVERFITTING,
-    codes.UNDERFITTING,
-    codes.ATTENTION_COLLAPSE,
-)
 _SCORE_DECIMALS = 2
+_DEFERRED_CAP = 0.5
 
 
-def diagnose(evidence: RunEvidence, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Diagnosis:
-    """Runs every rule and returns the verdict, the primary cause (the top-ranked cause finding
-    of a run that is not healthy), all findings ranked (primary cause first) and the checks
-    that were skipped."""
-    found: list[Finding] = []
+def diagnose(
+    evidence: RunEvidence,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    rules: Sequence[Rule] | None = None,
+) -> Diagnosis:
+    """Runs every rule (the built-in :data:`RULES` unless ``rules`` is given) on a run's
+    evidence and returns the verdict, the primary cause (the top-ranked cause of a run that is
+    not healthy), all findings ranked (primary cause first), the checks skipped for a missing
+    signal and those that do not apply."""
+    chosen = ordered(list(rules if rules is not None else RULES))
+    context = Context()
     skipped: dict[str, str] = {}
-    for code, rule in RULES.items():
+    not_applicable: dict[str, str] = {}
+    by_code = {r.code: r for r in chosen}
+    for current in chosen:
+        if current.symptom:
+            _apply_deference(context, by_code)
         try:
-            finding = rule(evidence, thresholds)
+            finding = current(evidence, thresholds, context)
         except MissingSignal as missing:
-            skipped[code] = str(missing)
+            skipped[current.code] = str(missing)
+            continue
+        except NotApplicable as reason:
+            not_applicable[current.code] = str(reason)
             continue
         if finding is not None:
-            found.append(finding)
-    ranked = sorted(found, key=_rank_key)
-    verdict = _verdict(evidence, thresholds, {f.code: f for f in found})
-    causes = [f for f in ranked if f.code not in SYMPTOM_CODES]
+            context.found[current.code] = finding
+    _apply_deference(context, by_code)
+    found = context.found
+    precedence = {r.code: i for i, r in enumerate(chosen)}
+    ranked = sorted(found.values(), key=lambda f: _rank_key(f, by_code, precedence))
+    verdict = _verdict(evidence, thresholds, found, by_code)
+    causes = [f for f in ranked if not by_code[f.code].symptom and f.severity != Severity.INFO]
     primary = causes[0].code if causes and verdict != "healthy" else None
-    return Diagnosis(verdict, primary, ranked, skipped)
+    return Diagnosis(verdict, primary, ranked, skipped, not_applicable)
 
 
-def _rank_key(finding: Finding) -> tuple[int, int, float, int]:
-    """Causes by severity (critical first), then score (rounded), then precedence; the
+def _apply_deference(context: Context, by_code: dict[str, Rule]) -> None:
+    """Drops (or caps to info) a finding when a cause it defers to fired."""
+    for code in list(context.found):
+        declared = by_code.get(code)
+        finding = context.found.get(code)
+        if declared is None or finding is None or not declared.defers_to:
+            continue
+        upstream = [c for c in context.fired(*declared.defers_to) if c != code]
+        if not upstream:
+            continue
+        if declared.deference == "suppress":
+            del context.found[code]
+        elif finding.severity != Severity.INFO or finding.score > _DEFERRED_CAP:
+            context.found[code] = Finding(
+                code=finding.code,
+                severity=Severity.INFO,
+                title=finding.title,
+                evidence={**finding.evidence, "explained_by": ", ".join(upstream)},
+                thresholds=finding.thresholds,
+                fix=finding.fix,
+                score=min(finding.score, _DEFERRED_CAP),
+            )
+
+
+def _rank_key(
+    finding: Finding, by_code: dict[str, Rule], precedence: dict[str, int]
+) -> tuple[int, int, float, int]:
+    """Causes by severity (critical first), then score (rounded), then engine order; the
     symptom after every cause."""
-    if finding.code in SYMPTOM_CODES:
+    if by_code[finding.code].symptom:
         return (1, 0, 0.0, 0)
     return (
         0,
         -finding.severity.rank,
         -round(finding.score, _SCORE_DECIMALS),
-        CAUSE_PRECEDENCE.index(finding.code),
+        precedence[finding.code],
     )
 
 
-def _verdict(ev: RunEvidence, t: Thresholds, by_code: dict[str, Finding]) -> Verdict:
-    exploding = by_code.get(codes.EXPLODING_GRADIENTS)
-    if codes.NON_FINITE in by_code or (
+def _verdict(
+    ev: RunEvidence, t: Thresholds, found: dict[str, Finding], by_code: dict[str, Rule]
+) -> Verdict:
+    exploding = found.get(EXPLODING_GRADIENTS)
+    if NON_FINITE in found or (
         exploding is not None and exploding.evidence.get("loss_blowup") == 1.0
     ):
         return "diverged"
-    accuracy = ev.values(VAL_ACCURACY)
-    if accuracy is None:
+    if ev.n_epochs < t.min_epochs:
         return "inconclusive"
-    accuracy = accuracy[np.isfinite(accuracy)]
-    if len(accuracy) < t.min_epochs:
-        return "inconclusive"
-    if codes.STAGNANT_VALIDATION in by_code or codes.MAJORITY_CLASS_COLLAPSE in by_code:
+    collapse = found.get(MAJORITY_CLASS_COLLAPSE)
+    symptom = found.get(STAGNANT_VALIDATION)
+    if collapse is not None or (symptom is not None and symptom.severity != Severity.INFO):
         return "stagnant"
-    converged = accuracy[-t.window_epochs :].mean() >= t.converged_accuracy
-    improved = converged or accuracy.max() - accuracy[0] >= t.min_improvement
-    critical = any(f.severity is Severity.CRITICAL for f in by_code.values())
-    causes = any(code not in SYMPTOM_CODES for code in by_code)
-    # Not converged yet and a cause is already visible: too early to call it healthy.
-    return "healthy" if improved and not critical and (converged or not causes) else "inconclusive"
+    critical = any(
+        f.severity is Severity.CRITICAL for c, f in found.items() if not by_code[c].symptom
+    )
+    return "inconclusive" if critical else "healthy"

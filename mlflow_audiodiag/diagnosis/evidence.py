@@ -1,105 +1,140 @@
-"""The signals of one MLflow run as plain Python and numpy values."""
+"""A run's evidence, read back from what the monitor recorded.
+
+The monitor keeps the contract's signals (:mod:`mlflow_audiodiag.signals`) in three artifacts
+of the run: the step table ``monitor/steps.parquet`` (every optimizer step), the epoch table
+``monitor/epochs.parquet`` and ``monitor/summary.json``. :func:`load_evidence` reads them, and
+fills what they lack from the run's MLflow metrics under the same names or a common alias
+(``val_acc``, ``eval_loss``, ...), so runs of other loggers are diagnosed as far as they go.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
-from mlflow_audiodiag import schema
+from mlflow_audiodiag import schema, signals
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-SeriesKind = Literal["epoch", "step"]
+logger = logging.getLogger(__name__)
 
-# Time series logged once per epoch (step = epoch) and once per optimizer step.
-EPOCH_SERIES_PREFIXES: tuple[str, ...] = (
-    schema.split_metric(schema.SPLIT_TRAIN, ""),
-    schema.split_metric(schema.SPLIT_VAL, ""),
-    schema.VAL_PRED_PREFIX,
-    schema.VAL_RECALL_PREFIX,
-    schema.ATTENTION_ENTROPY_PREFIX,
-)
-STEP_SERIES_PREFIXES: tuple[str, ...] = (
-    schema.GRAD_NORM_PREFIX,
-    schema.UPDATE_RATIO_PREFIX,
-    schema.LR_PREFIX,
-)
-STEP_SERIES_NAMES: tuple[str, ...] = (
-    schema.METRIC_STEP_LOSS,
-    schema.METRIC_NONFINITE_GRADS,
-    schema.METRIC_NONFINITE_LOSS,
-)
-# Aggregates that share a prefix with per-group metrics but are not groups.
-AGGREGATE_NAMES = frozenset({"total"})
+BUNDLED = "bundled"
 
 
-def series_kind(key: str) -> SeriesKind | None:
-    """``"step"`` or ``"epoch"`` for time-series metric keys; ``None`` for once-logged ones."""
-    if key in STEP_SERIES_NAMES or key.startswith(STEP_SERIES_PREFIXES):
-        return "step"
-    if key.startswith(EPOCH_SERIES_PREFIXES):
-        return "epoch"
-    return None
+@dataclass
+class Table:
+    """Columns of float values over an ascending index (steps or epochs)."""
 
+    index: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
 
-def _as_series(points: Iterable[tuple[float, float]]) -> np.ndarray:
-    return np.asarray(list(points), dtype=np.float64).reshape(-1, 2)
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, index: str) -> Table:
+        if index not in frame or frame.empty:
+            return cls()
+        frame = frame.sort_values(index).drop_duplicates(index, keep="last")
+        columns = {}
+        for name in frame.columns:
+            if name == index:
+                continue
+            values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64)
+            columns[str(name)] = values
+        return cls(frame[index].to_numpy(dtype=np.float64), columns)
+
+    def series(self, name: str) -> np.ndarray | None:
+        """``[n, 2]`` rows ``(index, value)`` where the value is not NaN, or ``None``."""
+        values = self.columns.get(name)
+        if values is None:
+            return None
+        kept = ~np.isnan(values)
+        if not kept.any():
+            return None
+        return np.stack([self.index[kept], values[kept]], axis=1)
+
+    def add(self, name: str, rows: np.ndarray) -> None:
+        """A column from ``(index, value)`` rows, aligned on (and extending) the index."""
+        if not len(rows):
+            return
+        index = np.union1d(self.index, rows[:, 0])
+        if len(index) != len(self.index):
+            positions = np.searchsorted(index, self.index)
+            for key, values in self.columns.items():
+                grown = np.full(len(index), np.nan)
+                grown[positions] = values
+                self.columns[key] = grown
+            self.index = index
+        column = np.full(len(self.index), np.nan)
+        column[np.searchsorted(self.index, rows[:, 0])] = rows[:, 1]
+        self.columns[name] = column
 
 
 @dataclass
 class RunEvidence:
-    """One run's signals.
+    """One run's signals: the step table, the epoch table and the once-values, with the run's
+    params, tags, status and its parameter groups in forward order."""
 
-    ``epoch_metrics`` and ``step_metrics`` map metric names to ``[n, 2]`` float arrays of
-    ``(step, value)`` rows sorted by step (one row per step); ``summary`` holds the latest
-    value of each once-logged metric; ``params`` the run's params; ``status`` its MLflow status.
-    """
-
-    epoch_metrics: dict[str, np.ndarray] = field(default_factory=dict)
-    step_metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    steps: Table = field(default_factory=Table)
+    epochs: Table = field(default_factory=Table)
     summary: dict[str, float] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
     status: str = "FINISHED"
     run_id: str = ""
+    group_order: list[str] = field(default_factory=list)
 
     def series(self, name: str) -> np.ndarray | None:
-        """``[n, 2]`` rows ``(step, value)`` of a time series, or ``None`` if absent/empty."""
-        data = self.epoch_metrics.get(name)
-        if data is None:
-            data = self.step_metrics.get(name)
-        return data if data is not None and len(data) else None
+        """``[n, 2]`` rows ``(step or epoch, value)`` of a time series, or ``None``."""
+        found = self.epochs.series(name)
+        return found if found is not None else self.steps.series(name)
 
     def values(self, name: str) -> np.ndarray | None:
-        """The values of a time series in step order, or ``None``."""
+        """The values of a time series in order, or ``None``."""
         data = self.series(name)
         return None if data is None else data[:, 1]
 
     def latest(self, name: str) -> float | None:
-        """A once-logged metric's value, else the last value of a time series, else ``None``."""
-        if name in self.summary:
+        """A once-value, else the last value of a time series, else ``None``."""
+        if name in self.summary and self.summary[name] is not None:
             return float(self.summary[name])
         data = self.series(name)
         return None if data is None else float(data[-1, 1])
 
-    def groups(self, prefix: str) -> list[str]:
-        """Names after ``prefix`` of every metric that starts with it (aggregates such as
-        ``total`` left out), ordered ``embedding``, ``encoder.<i>`` (numerically), ``head``,
-        then the rest in natural order, ``other`` last."""
-        keys = [*self.epoch_metrics, *self.step_metrics, *self.summary]
-        names = {k[len(prefix) :] for k in keys if k.startswith(prefix) and len(k) > len(prefix)}
-        return sorted(names - AGGREGATE_NAMES, key=group_sort_key)
+    def groups(self, signal: signals.Signal) -> list[str]:
+        """The placeholder values of every recorded name of a one-placeholder ``signal``;
+        parameter groups in forward order (input end first)."""
+        names = []
+        for key in dict.fromkeys([*self.steps.columns, *self.epochs.columns, *self.summary]):
+            parts = signal.match(key)
+            if parts is not None and len(parts) == 1 and signals.declared(key) is signal:
+                names.append(next(iter(parts.values())))
+        order = {g: i for i, g in enumerate(self.group_order)}
+        return sorted(names, key=lambda n: (order.get(n, len(order)), _natural(n)))
 
     @property
     def n_epochs(self) -> int:
-        """Number of validation epochs recorded (``val/accuracy`` points)."""
-        data = self.series(schema.split_metric(schema.SPLIT_VAL, "accuracy"))
+        """Number of validation epochs recorded."""
+        data = self.series(signals.VAL_ACCURACY.name)
         return 0 if data is None else len(data)
+
+    @property
+    def front_end(self) -> str:
+        return self.tags.get(schema.TAG_FRONT_END, "")
+
+    @property
+    def bundled(self) -> bool:
+        """Whether the bundled trainer recorded the run (its fix texts may name -P flags)."""
+        return self.front_end == BUNDLED
 
     @classmethod
     def from_values(
@@ -109,43 +144,101 @@ class RunEvidence:
         summary: Mapping[str, float] | None = None,
         params: Mapping[str, str] | None = None,
         status: str = "FINISHED",
+        tags: Mapping[str, str] | None = None,
+        group_order: Sequence[str] = (),
     ) -> RunEvidence:
         """Evidence from plain value lists; the i-th value of each series gets step ``i + 1``."""
 
-        def numbered(values: Sequence[float]) -> np.ndarray:
-            return _as_series((i + 1, v) for i, v in enumerate(values))
+        def table(values: Mapping[str, Sequence[float]] | None) -> Table:
+            out = Table()
+            for name, series in (values or {}).items():
+                rows = np.array([(i + 1, v) for i, v in enumerate(series)], dtype=np.float64)
+                out.add(name, rows.reshape(-1, 2))
+            return out
 
         return cls(
-            epoch_metrics={k: numbered(v) for k, v in (epochs or {}).items()},
-            step_metrics={k: numbered(v) for k, v in (steps or {}).items()},
+            steps=table(steps),
+            epochs=table(epochs),
             summary={k: float(v) for k, v in (summary or {}).items()},
             params={k: str(v) for k, v in (params or {}).items()},
+            tags=dict(tags or {}),
             status=status,
+            group_order=list(group_order),
         )
 
 
-def load_evidence(client: MlflowClient, run_id: str) -> RunEvidence:
-    """Reads a run's params, once-logged metrics and time series (whatever it has, in any
-    status: FINISHED, FAILED, KILLED or still RUNNING)."""
+def load_evidence(client: MlflowClient, run_id: str, status: str | None = None) -> RunEvidence:
+    """Reads a run's evidence (whatever it has, in any status: FINISHED, FAILED, KILLED or still
+    RUNNING). ``status`` overrides the run's status (a run diagnosed at the end of its own
+    training is finishing, not running)."""
     run = client.get_run(run_id)
-    epoch_metrics: dict[str, np.ndarray] = {}
-    step_metrics: dict[str, np.ndarray] = {}
-    summary: dict[str, float] = {}
-    for key, value in run.data.metrics.items():
-        kind = series_kind(key)
-        if kind is None:
-            summary[key] = float(value)
-            continue
-        target = epoch_metrics if kind == "epoch" else step_metrics
-        target[key] = _history(client.get_metric_history(run_id, key))
-    return RunEvidence(
-        epoch_metrics=epoch_metrics,
-        step_metrics=step_metrics,
-        summary=summary,
+    artifacts = _monitor_artifacts(client, run_id)
+    evidence = RunEvidence(
+        steps=Table.from_frame(artifacts.get("steps", pd.DataFrame()), "step"),
+        epochs=Table.from_frame(artifacts.get("epochs", pd.DataFrame()), "epoch"),
+        summary={k: float(v) for k, v in artifacts.get("summary", {}).items() if v is not None},
         params=dict(run.data.params),
-        status=run.info.status,
+        tags=dict(run.data.tags),
+        status=status or run.info.status,
         run_id=run_id,
+        group_order=list(artifacts.get("parameter_groups", {}).get("order", [])),
     )
+    _fill_from_metrics(client, run_id, run.data.metrics, evidence)
+    return evidence
+
+
+def _monitor_artifacts(client: MlflowClient, run_id: str) -> dict[str, Any]:
+    names = {
+        "steps": schema.ARTIFACT_STEPS,
+        "epochs": schema.ARTIFACT_EPOCHS,
+        "summary": schema.ARTIFACT_SUMMARY,
+        "parameter_groups": schema.ARTIFACT_PARAMETER_GROUPS,
+    }
+    try:
+        present = {a.path for a in client.list_artifacts(run_id, schema.ARTIFACT_DIR_MONITOR)}
+    except Exception as error:  # no artifact store reachable: metrics only
+        logger.warning("cannot list the monitor artifacts of run %s: %s", run_id, error)
+        return {}
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path in names.items():
+            if path not in present:
+                continue
+            local = Path(client.download_artifacts(run_id, path, tmp))
+            out[name] = (
+                pd.read_parquet(local)
+                if local.suffix == ".parquet"
+                else json.loads(local.read_text(encoding="utf-8"))
+            )
+    return out
+
+
+def _fill_from_metrics(
+    client: MlflowClient, run_id: str, latest: Mapping[str, float], evidence: RunEvidence
+) -> None:
+    """Contract signals the tables lack, from the run's metrics (own names, then aliases)."""
+    for key, value in latest.items():
+        signal = signals.declared(key)
+        if signal is None or signal.cadence != signals.ONCE or key in evidence.summary:
+            continue
+        evidence.summary[key] = float(value)
+    for key in latest:
+        signal = signals.declared(key)
+        if signal is None or signal.cadence == signals.ONCE:
+            continue
+        table = evidence.epochs if signal.cadence == signals.EPOCH else evidence.steps
+        if key in table.columns or (signal.cadence == signals.STEP and len(evidence.steps.index)):
+            continue  # the step table is complete where it exists; metrics are downsampled
+        table.add(key, _history(client.get_metric_history(run_id, key)))
+    for name, aliases in signals.ALIASES.items():
+        if evidence.epochs.series(name) is not None:
+            continue
+        alias = next((a for a in aliases if a in latest), None)
+        if alias is not None:
+            rows = _history(client.get_metric_history(run_id, alias))
+            if len(rows):  # logged at global steps: the i-th value belongs to epoch i
+                rows[:, 0] = np.arange(1, len(rows) + 1)
+                evidence.epochs.add(name, rows)
 
 
 def _history(points: Iterable[Metric]) -> np.ndarray:
@@ -153,20 +246,8 @@ def _history(points: Iterable[Metric]) -> np.ndarray:
     by_step: dict[int, float] = {}
     for point in sorted(points, key=lambda p: (p.step, p.timestamp)):
         by_step[point.step] = point.value
-    return _as_series(by_step.items())
+    return np.array(list(by_step.items()), dtype=np.float64).reshape(-1, 2)
 
 
-def group_sort_key(name: str) -> tuple[int, list[int | str]]:
-    """Sort key: ``embedding``, ``encoder*`` (numbers numerically), ``head``, others, ``other``."""
-    if name == "embedding":
-        rank = 0
-    elif name.startswith("encoder"):
-        rank = 1
-    elif name == "head":
-        rank = 2
-    elif name == "other":
-        rank = 4
-    else:
-        rank = 3
-    parts = re.split(r"(\d+)", name)
-    return rank, [int(p) if p.isdigit() else p for p in parts]
+def _natural(name: str) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]

@@ -7,43 +7,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Literal, get_args
 
-# --- finding codes: the one place they are defined --------------------------------------------
-STAGNANT_VALIDATION: Final = "stagnant_validation"
-MAJORITY_CLASS_COLLAPSE: Final = "majority_class_collapse"
-CLASS_IMBALANCE: Final = "class_imbalance"
-UNNORMALIZED_FEATURES: Final = "unnormalized_features"
-NORMALIZATION_MISMATCH: Final = "normalization_mismatch"
-NON_FINITE: Final = "non_finite"
-VANISHING_GRADIENTS: Final = "vanishing_gradients"
-EXPLODING_GRADIENTS: Final = "exploding_gradients"
-LR_TOO_LOW: Final = "lr_too_low"
-LR_TOO_HIGH: Final = "lr_too_high"
-NO_WEIGHT_UPDATES: Final = "no_weight_updates"
-OVERFITTING: Final = "overfitting"
-UNDERFITTING: Final = "underfitting"
-LABEL_NOISE: Final = "label_noise"
-ATTENTION_COLLAPSE: Final = "attention_collapse"
-
-FINDING_CODES: Final = (
-    STAGNANT_VALIDATION,
-    MAJORITY_CLASS_COLLAPSE,
-    CLASS_IMBALANCE,
-    UNNORMALIZED_FEATURES,
-    NORMALIZATION_MISMATCH,
-    NON_FINITE,
-    VANISHING_GRADIENTS,
-    EXPLODING_GRADIENTS,
-    LR_TOO_LOW,
-    LR_TOO_HIGH,
-    NO_WEIGHT_UPDATES,
-    OVERFITTING,
-    UNDERFITTING,
-    LABEL_NOISE,
-    ATTENTION_COLLAPSE,
-)
-# Findings that describe the problem itself rather than a cause of it.
-SYMPTOM_CODES: Final = frozenset({STAGNANT_VALIDATION})
-
 Verdict = Literal["healthy", "stagnant", "diverged", "inconclusive"]
 VERDICTS: Final[tuple[str, ...]] = get_args(Verdict)
 
@@ -82,8 +45,8 @@ class Finding:
     score: float
 
     def __post_init__(self) -> None:
-        if self.code not in FINDING_CODES:
-            raise ValueError(f"unknown finding code {self.code!r}")
+        if not self.code or not self.code.replace("_", "").isalnum():
+            raise ValueError(f"a finding code is a snake_case word, got {self.code!r}")
         if not 0.0 <= self.score <= 1.0:
             raise ValueError(f"score must be in [0, 1], got {self.score}")
         object.__setattr__(self, "severity", Severity(self.severity))
@@ -120,12 +83,14 @@ class Finding:
 @dataclass
 class Diagnosis:
     """The verdict on a run, its primary cause (a finding code, or ``None``), every finding
-    (primary cause first) and the checks that could not run, with the signal each lacked."""
+    (primary cause first), the checks that could not run with the signal each lacked, and the
+    checks that do not apply to this model (no attention layers, say)."""
 
     verdict: Verdict
     primary_cause: str | None
     findings: list[Finding] = field(default_factory=list)
     skipped_checks: dict[str, str] = field(default_factory=dict)
+    not_applicable: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -142,6 +107,7 @@ class Diagnosis:
             "primary_cause": self.primary_cause,
             "findings": [f.to_dict() for f in self.findings],
             "skipped_checks": dict(self.skipped_checks),
+            "not_applicable": dict(self.not_applicable),
         }
 
     @classmethod
@@ -151,6 +117,7 @@ class Diagnosis:
             primary_cause=data.get("primary_cause"),
             findings=[Finding.from_dict(f) for f in data.get("findings", [])],
             skipped_checks=dict(data.get("skipped_checks", {})),
+            not_applicable=dict(data.get("not_applicable", {})),
         )
 
 

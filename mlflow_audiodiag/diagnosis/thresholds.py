@@ -12,19 +12,20 @@ from typing import Any
 _FRACTIONS = (
     "flat_range",
     "repeat_fraction",
-    "converged_accuracy",
     "min_improvement",
+    "lr_active_fraction",
     "collapse_top_fraction",
+    "collapse_epoch_share",
     "majority_tolerance",
     "train_majority_fraction",
+    "early_fraction",
     "recent_fraction",
-    "lr_active_fraction",
     "loss_flat_change",
     "frozen_fraction",
     "overfit_gap",
     "overfit_gap_growth",
-    "underfit_accuracy",
     "chance_margin",
+    "train_flat_change",
     "attention_entropy_low",
     "attention_entropy_high",
 )
@@ -32,10 +33,12 @@ _FRACTIONS = (
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Thresholds of the diagnosis rules. "Window" means the last ``window_epochs`` epochs;
-    "recent steps" the last ``recent_fraction`` of the recorded optimizer steps."""
+    """Thresholds of the diagnosis rules. "Window" means the last ``window_epochs`` epochs at
+    an active learning rate; "early" and "recent" steps the first and last ``early_fraction`` /
+    ``recent_fraction`` of the recorded optimizer steps. No threshold is an absolute accuracy:
+    accuracies are judged against the run's own majority baseline and sampling noise."""
 
-    # --- run length and validation plateau ---
+    # --- run length, baseline and validation plateau ---
     # Fewer validation epochs than this: too short to judge (verdict "inconclusive").
     min_epochs: int = 5
     # Number of trailing epochs over which plateaus and late-training signals are judged.
@@ -44,20 +47,23 @@ class Thresholds:
     flat_range: float = 0.01
     # Val accuracy with |least-squares slope per epoch| over the window at or below this is flat.
     flat_slope: float = 0.002
-    # On a small val set accuracy jitters by sampling noise alone: when the number of val clips
-    # is known, the range limit widens to this many standard errors sqrt(p(1-p)/n_val) and the
-    # slope limit to half as many standard errors of a least-squares slope through such noise.
+    # Accuracy on n clips jitters by sqrt(p(1-p)/n) from sampling alone: flatness and learning
+    # are judged against this many standard errors (the range and the rise over the baseline)
+    # and half as many standard errors of a least-squares slope through such noise.
     flat_noise_sigmas: float = 3.0
     # Share of window epochs with exactly the same val accuracy at or above which it is flat.
     repeat_fraction: float = 0.8
-    # Window-mean val accuracy at or above this is converged, not stagnant.
-    converged_accuracy: float = 0.9
-    # Best minus first val accuracy at or above this: the run improved.
+    # Best val accuracy at least this far (and the noise margin) above the majority baseline:
+    # the run learned something.
     min_improvement: float = 0.02
+    # Steps/epochs with LR below this share of its peak are left out (warmup start, annealed tail).
+    lr_active_fraction: float = 0.1
 
     # --- class balance and prediction collapse ---
-    # Window-median share of val predictions in the most predicted class at or above this.
+    # Share of val predictions in the most predicted class at or above this: collapsed epoch.
     collapse_top_fraction: float = 0.9
+    # Share of the epochs that are collapsed at or above which the run collapsed.
+    collapse_epoch_share: float = 0.6
     # Val accuracy within this of the majority-guess accuracy equals the majority guess.
     majority_tolerance: float = 0.02
     # Train largest/smallest class count at or above this is imbalanced.
@@ -81,18 +87,26 @@ class Thresholds:
     # Mean per-bin |standardized mean difference| val vs train at or above this: mismatch.
     smd_mean: float = 0.5
 
-    # --- numerics and gradients ---
+    # --- numerics ---
     # Non-finite losses, gradients or feature values: counts above this fire.
     nonfinite_count: float = 0.0
-    # Share of the recorded steps taken as "recent" (and as "early") in step-level statistics.
+    # A training loss below minus this is impossible for a cross-entropy of valid targets.
+    negative_loss: float = 1e-6
+
+    # --- gradients, in phases ---
+    # Share of the recorded steps taken as the early phase.
+    early_fraction: float = 0.1
+    # Share of the recorded steps taken as the recent phase.
     recent_fraction: float = 0.25
-    # Recent median grad norm of the earliest group / latest group below this: vanishing.
+    # Recent median grad norm of the input-end group / the output-end group below this: vanishing.
     vanishing_ratio: float = 1e-3
     # Recent median grad norm of a trainable group below this: gradients are ~zero.
     vanishing_norm: float = 1e-6
+    # Recent median total grad norm / the early phase's largest, below this: the network died.
+    dead_ratio: float = 1e-3
     # Max / median of the total grad norm at or above this: gradient spike.
     spike_ratio: float = 100.0
-    # Median total grad norm of the recent steps / the early steps at or above this: growing.
+    # A later windowed median of the total grad norm / an earlier one at or above this: growing.
     growth_ratio: float = 10.0
     # Median total grad norm of the recent steps at or above this: exploding.
     grad_norm_high: float = 1e3
@@ -106,11 +120,10 @@ class Thresholds:
     update_ratio_high: float = 5e-2
     # Median update/weight ratio of a group at or below this: the group is not updated.
     update_ratio_zero: float = 1e-8
-    # Steps/epochs with LR below this share of its peak are left out (warmup start, annealed tail).
-    lr_active_fraction: float = 0.1
-    # Relative drop of train loss from the first epoch to its minimum below this: loss flat.
+    # Relative drop of the train loss from its start to its minimum below this: loss flat.
     loss_flat_change: float = 0.05
-    # Window-median train loss / lowest train loss before the window at or above this: rising.
+    # Training loss at or above this multiple of its first value (early steps, or the window
+    # against the earlier minimum): rising.
     loss_rise_ratio: float = 1.2
     # Sum of epoch-to-epoch train-loss rises in the window / first train loss, at or above: wobbly.
     loss_oscillation: float = 0.1
@@ -124,10 +137,11 @@ class Thresholds:
     overfit_gap_growth: float = 0.05
     # Window-mean val loss / minimum val loss at or above this, train loss falling: overfit.
     val_loss_rise_ratio: float = 1.25
-    # Window-mean train accuracy below this (and val too): underfitting.
-    underfit_accuracy: float = 0.7
-    # Best train accuracy at most this above the majority-guess share: cannot beat chance.
+    # Train accuracy at most this above the chance level: it never left chance.
     chance_margin: float = 0.05
+    # Relative drop of the train loss over the second half of the active epochs below this:
+    # training has stopped improving (with a small train-val gap: underfitting).
+    train_flat_change: float = 0.05
 
     # --- attention ---
     # Window-median normalized attention entropy of a layer at or below this: collapsed.

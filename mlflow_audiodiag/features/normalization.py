@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mlflow_audiodiag.errors import ConfigError, DataError
+from mlflow_audiodiag.numeric import merge_moments
 
 NormalizationMode = Literal["none", "per_utterance", "global", "per_bin"]
 NORMALIZATION_MODES: tuple[str, ...] = get_args(NormalizationMode)
@@ -34,27 +35,6 @@ def _as_float64_array(batch: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(batch, torch.Tensor):
         return batch.detach().to("cpu", torch.float64).numpy()
     return np.asarray(batch, dtype=np.float64)
-
-
-def merge_moments(
-    count_a: np.ndarray | float,
-    mean_a: np.ndarray,
-    m2_a: np.ndarray,
-    count_b: np.ndarray | float,
-    mean_b: np.ndarray,
-    m2_b: np.ndarray,
-) -> tuple[np.ndarray | float, np.ndarray, np.ndarray]:
-    """Chan et al.'s parallel combination of two ``(count, mean, M2)`` summaries, per bin.
-
-    Counts may differ per bin (arrays) or be shared (scalars); an empty side leaves the other
-    unchanged.
-    """
-    total = count_a + count_b
-    delta = mean_b - mean_a
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(total > 0, count_b / np.maximum(total, 1), 0.0)
-        cross = np.where(total > 0, delta**2 * count_a * count_b / np.maximum(total, 1), 0.0)
-    return total, mean_a + delta * share, m2_a + m2_b + cross
 
 
 class RunningFeatureStats:

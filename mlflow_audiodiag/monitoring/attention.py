@@ -20,11 +20,14 @@ _MHA_ARGS = (
 )
 
 
-def attention_entropy(model: nn.Module, inputs: torch.Tensor) -> list[float]:
+def attention_entropy(
+    model: nn.Module, inputs: torch.Tensor | tuple[tuple[Any, ...], dict[str, Any]]
+) -> list[float]:
     """Mean normalized entropy (entropy / log(n_keys)) of the attention distributions of every
     ``nn.MultiheadAttention`` in ``model`` (module order), over heads, queries and examples.
 
-    1.0 means uniform attention, values near 0 attention on single tokens. The probe runs in
+    ``inputs`` is a batch, or the ``(args, kwargs)`` of a forward call. 1.0 means uniform
+    attention, values near 0 attention on single tokens. The probe runs in
     eval mode (no dropout) and leaves the model's modes, parameters and hooks as they were; its
     output is discarded. A module that the forward pass does not call gives NaN; a model without
     attention gives ``[]``.
@@ -39,7 +42,8 @@ def attention_entropy(model: nn.Module, inputs: torch.Tensor) -> list[float]:
             handles.append(module.register_forward_pre_hook(_want_weights, with_kwargs=True))
             handles.append(module.register_forward_hook(_collector(entropies[module])))
         with _eval_mode(model), _without_fastpath(), torch.enable_grad():
-            model(_to_model_device(model, inputs))
+            args, kwargs = inputs if isinstance(inputs, tuple) else ((inputs,), {})
+            model(*_to_model_device(model, args), **_to_model_device(model, kwargs))
     finally:
         for handle in handles:
             handle.remove()
@@ -71,9 +75,18 @@ def _collector(values: list[torch.Tensor]) -> Any:
     return hook
 
 
-def _to_model_device(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+def _to_model_device(model: nn.Module, values: Any) -> Any:
+    """Tensors in ``values`` (a tuple or a dict of them) on the model's device."""
     param = next(model.parameters(), None)
-    return inputs if param is None else inputs.to(param.device)
+    if param is None:
+        return values
+
+    def move(value: Any) -> Any:
+        return value.to(param.device) if isinstance(value, torch.Tensor) else value
+
+    if isinstance(values, dict):
+        return {key: move(value) for key, value in values.items()}
+    return tuple(move(value) for value in values)
 
 
 @contextmanager

@@ -15,21 +15,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlflow_audiodiag import signals
 from mlflow_audiodiag.monitoring.groups import ParameterGroups
 
 EPS = 1e-12
 
 
 @dataclass(frozen=True)
-class StepRecord:
-    """Signals of one optimizer step; ``step`` counts the tracker's ``after_step`` calls from 0.
+class StepBlock:
+    """Signals of consecutive optimizer steps as columns (NaN where a step has no value).
 
-    ``metrics`` uses relative names: ``grad_norm/<group>``, ``grad_norm/total``,
-    ``nonfinite_grads`` and ``update_ratio/<group>``.
+    ``first_step`` counts the tracker's ``after_step`` calls from 0; the columns are named by
+    the evidence contract: ``grad_norm/<group>``, ``grad_norm/total``, ``nonfinite/grads`` and
+    ``update_ratio/<group>``.
     """
 
-    step: int
-    metrics: dict[str, float]
+    first_step: int
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
 
 
 @dataclass(frozen=True)
@@ -168,28 +173,22 @@ class GradientTracker:
         if self._row == self.capacity:
             self._flush()
 
-    def drain(self) -> list[StepRecord]:
-        """Every step finished since the last drain, oldest first."""
+    def drain(self) -> StepBlock | None:
+        """Every step finished since the last drain, oldest first (``None`` when none)."""
         self._flush()
         chunks, self._chunks = self._chunks, []
         if not chunks:
-            return []
+            return None
         if any(chunk.rows.is_pinned() for chunk in chunks):
             torch.cuda.synchronize()  # completes the asynchronous copies
         rows = np.concatenate([chunk.rows.numpy() for chunk in chunks]).astype(np.float64)
-        first = chunks[0].first_step
-        has_grads = [flag for chunk in chunks for flag in chunk.has_grads]
-        has_updates = [flag for chunk in chunks for flag in chunk.has_updates]
+        has_grads = np.array([flag for chunk in chunks for flag in chunk.has_grads])
+        has_updates = np.array([flag for chunk in chunks for flag in chunk.has_updates])
         columns = self._columns(rows)
-        names = list(columns)
-        n_grad = len(self.group_names) + 2  # grad norms, total, non-finite count come first
-        records = []
-        for i, values in enumerate(np.stack(list(columns.values()), axis=1).tolist()):
-            start = 0 if has_grads[i] else n_grad
-            stop = len(names) if has_updates[i] else n_grad
-            selected = zip(names[start:stop], values[start:stop], strict=True)
-            records.append(StepRecord(first + i, dict(selected)))
-        return records
+        for name, values in columns.items():
+            present = has_updates if name.startswith(signals.UPDATE_RATIO.prefix) else has_grads
+            values[~present] = np.nan
+        return StepBlock(chunks[0].first_step, columns)
 
     def _columns(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Group norms, total, non-finite count and update ratios of rows ``[steps, columns]``."""
@@ -199,16 +198,17 @@ class GradientTracker:
         for name, start, stop in zip(
             self.group_names, self._bounds[:-1], self._bounds[1:], strict=True
         ):
-            out[f"grad_norm/{name}"] = np.sqrt(squares[:, start:stop].sum(axis=1))
-        out["grad_norm/total"] = np.sqrt(squares.sum(axis=1))
-        out["nonfinite_grads"] = (~np.isfinite(rows[:, :n_params])).sum(axis=1).astype(float)
+            out[signals.GRAD_NORM.key(group=name)] = np.sqrt(squares[:, start:stop].sum(axis=1))
+        out[signals.GRAD_NORM_TOTAL.name] = np.sqrt(squares.sum(axis=1))
+        nonfinite = (~np.isfinite(rows[:, :n_params])).sum(axis=1).astype(float)
+        out[signals.NONFINITE_GRADS.name] = nonfinite
         n_groups = len(self.group_names)
         weights = rows[:, n_params : n_params + n_groups]
         updates = rows[:, n_params + n_groups :]
         with np.errstate(invalid="ignore", over="ignore"):
             ratios = updates / np.maximum(weights, EPS)
         for i, name in enumerate(self.group_names):
-            out[f"update_ratio/{name}"] = ratios[:, i]
+            out[signals.UPDATE_RATIO.key(group=name)] = ratios[:, i]
         return out
 
     def _slice_norms(self, buffer: int) -> list[torch.Tensor]:

@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mlflow_audiodiag.data.audio_io import CLIP_LEVEL, CLIPPED_SHARE, SILENCE_DBFS
-from mlflow_audiodiag.features.normalization import merge_moments
-from mlflow_audiodiag.schema import metric_safe
+from mlflow_audiodiag.metrics import classification_scores
+from mlflow_audiodiag.numeric import CLIP_LEVEL, CLIPPED_SHARE, SILENCE_DBFS, merge_moments
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence
 SMD_EPS = 1e-8
@@ -311,7 +310,7 @@ def waveform_statistics(waves: ArrayLike) -> WaveformStats:
 
 def level_statistics(levels: ArrayLike, nonfinite_clips: int = 0) -> WaveformStats:
     """:class:`WaveformStats` from per-clip rows ``[rms_dbfs, peak_dbfs, full_scale_share]``
-    (as :func:`~mlflow_audiodiag.data.audio_io.clip_levels` gives them)."""
+    (as :func:`~mlflow_audiodiag.numeric.clip_levels` gives them)."""
     rows = _as_numpy(levels).reshape(-1, 3)
     if len(rows) == 0:
         return WaveformStats(0, *[float("nan")] * 4, nonfinite_clips)
@@ -359,6 +358,7 @@ class LabelStats:
         return sum(self.counts.values())
 
     def metrics(self) -> dict[str, float]:
+        """Scalar summaries; the per-class counts are in ``counts``."""
         out = {
             "n": float(self.n),
             "imbalance_ratio": self.imbalance_ratio,
@@ -367,7 +367,6 @@ class LabelStats:
             "normalized_entropy": self.normalized_entropy,
             "n_missing_classes": float(len(self.missing_classes)),
         }
-        out.update({f"count/{metric_safe(c)}": float(n) for c, n in self.counts.items()})
         return out
 
     def table(self) -> pd.DataFrame:
@@ -429,6 +428,9 @@ class PredictionStats:
     top_class_fraction: float
     hist_entropy: float
     mean_entropy: float
+    loss: float = float("nan")
+    balanced_accuracy: float = float("nan")
+    macro_f1: float = float("nan")
 
     def summary_metrics(self) -> dict[str, float]:
         """Scalar summaries: collapse (``top_class_fraction``, ``hist_entropy``), confidence
@@ -443,17 +445,6 @@ class PredictionStats:
             "n_predicted_classes": float(sum(1 for c in self.predicted_counts.values() if c)),
             "n_absent_classes": float(len(self.absent_classes)),
         }
-
-    def metrics(self) -> dict[str, float]:
-        """Summaries plus ``pred_count/<class>`` and ``recall/<class>`` (finite recalls only)."""
-        out = self.summary_metrics()
-        out.update(
-            {f"pred_count/{metric_safe(c)}": float(n) for c, n in self.predicted_counts.items()}
-        )
-        out.update(
-            {f"recall/{metric_safe(c)}": r for c, r in self.recall.items() if math.isfinite(r)}
-        )
-        return out
 
     def table(self) -> pd.DataFrame:
         """One row per class: ``class, target_count, predicted_count, recall``."""
@@ -508,8 +499,12 @@ def prediction_statistics(
         hist_entropy = _normalized(float(_entropy(pred_counts / n)), k)
         accuracy = float((predicted == y).mean())
         top = float(pred_counts.max() / n)
+        loss = float(-log_p[np.arange(n), y].mean())
+        scores = classification_scores(y, predicted, k)
+        balanced, macro_f1 = scores.balanced_accuracy, scores.macro_f1
     else:
         mean_entropy = hist_entropy = accuracy = top = float("nan")
+        loss = balanced = macro_f1 = float("nan")
     return PredictionStats(
         n_examples=n,
         nonfinite_logits=int((~valid).sum()),
@@ -521,4 +516,7 @@ def prediction_statistics(
         top_class_fraction=top,
         hist_entropy=hist_entropy,
         mean_entropy=mean_entropy,
+        loss=loss,
+        balanced_accuracy=balanced,
+        macro_f1=macro_f1,
     )

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from mlflow_audiodiag import schema
+from mlflow_audiodiag import signals as S
 from mlflow_audiodiag.diagnosis.evidence import RunEvidence
 from mlflow_audiodiag.diagnosis.findings import Diagnosis, Finding
 
@@ -21,7 +21,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 CAPTIONS: dict[str, str] = {
     "training_curves": "Loss and accuracy per epoch (plateau shaded)",
-    "gradient_norms": "Gradient norm per parameter group and step",
+    "update_ratios": "Update / weight ratio per parameter group and step (log axis)",
+    "gradient_norms": "Gradient norm per parameter group and step (log axis)",
     "learning_rate": "Learning rate per parameter group",
     "histograms": "Labels per split and validation predictions per class",
     "features": "Feature statistics and train-vs-split shift",
@@ -103,9 +104,11 @@ def _severity(finding: Finding) -> str:
 def _header(diagnosis: Diagnosis, evidence: RunEvidence, run_name: str) -> str:
     verdict = diagnosis.verdict
     meta = [
-        f"run status at diagnosis {esc(evidence.status)}",
+        f"run status {esc(evidence.status)}",
         f"{evidence.n_epochs} validation epochs",
     ]
+    if evidence.front_end:
+        meta.append(f"recorded by {esc(evidence.front_end)}")
     if evidence.run_id:
         meta.insert(0, f"run id <code>{esc(evidence.run_id)}</code>")
     return (
@@ -161,31 +164,42 @@ def _findings(diagnosis: Diagnosis) -> str:
 
 
 def _skipped(diagnosis: Diagnosis) -> str:
-    if not diagnosis.skipped_checks:
-        return ""
-    rows = [
-        ("", [f"<code>{esc(code)}</code>", esc(reason)])
-        for code, reason in diagnosis.skipped_checks.items()
-    ]
-    return (
-        "<h2>Skipped checks</h2><p>These checks could not run because a signal was missing.</p>"
-        + html_table(("check", "missing signal"), rows)
-    )
+    parts = []
+    if diagnosis.skipped_checks:
+        rows = [
+            ("", [f"<code>{esc(code)}</code>", esc(reason)])
+            for code, reason in diagnosis.skipped_checks.items()
+        ]
+        parts.append(
+            "<h2>Skipped checks</h2><p>These checks could not run because a signal was "
+            "missing.</p>" + html_table(("check", "missing signal"), rows)
+        )
+    if diagnosis.not_applicable:
+        rows = [
+            ("", [f"<code>{esc(code)}</code>", esc(reason)])
+            for code, reason in diagnosis.not_applicable.items()
+        ]
+        parts.append("<h2>Checks that do not apply</h2>" + html_table(("check", "why"), rows))
+    return "".join(parts)
 
 
-def _classes(evidence: RunEvidence, classes: Sequence[str]) -> str:
-    if not classes:
+def _classes(evidence: RunEvidence) -> str:
+    names: list[str] = []
+    for key in evidence.summary:
+        found = S.LABEL_COUNT.match(key)
+        if found is not None and found["cls"] not in names:
+            names.append(found["cls"])
+    if not names:
         return ""
     columns = {
-        "train labels": f"{schema.LABELS_PREFIX}{schema.SPLIT_TRAIN}/count/",
-        "val labels": f"{schema.LABELS_PREFIX}{schema.SPLIT_VAL}/count/",
-        "val predictions": schema.VAL_PRED_COUNT_PREFIX,
-        "val recall": schema.VAL_RECALL_PREFIX,
+        "train labels": lambda c: evidence.summary.get(S.LABEL_COUNT.key(split="train", cls=c)),
+        "val labels": lambda c: evidence.summary.get(S.LABEL_COUNT.key(split="val", cls=c)),
+        "val predictions (last epoch)": lambda c: evidence.latest(S.VAL_PRED_COUNT.key(cls=c)),
+        "val recall (last epoch)": lambda c: evidence.latest(S.VAL_RECALL.key(cls=c)),
     }
     rows = []
-    for name in classes:
-        safe = schema.metric_safe(name)
-        values = [evidence.latest(prefix + safe) for prefix in columns.values()]
+    for name in names:
+        values = [get(name) for get in columns.values()]
         cells = ["&mdash;" if v is None else _value(v) for v in values]
         rows.append(("", [esc(name), *cells]))
     return "<h2>Classes</h2>" + html_table(("class", *columns), rows)
@@ -217,17 +231,16 @@ def render_report(
     evidence: RunEvidence,
     run_name: str,
     images: Mapping[str, Path] | None = None,
-    classes: Sequence[str] | None = None,
 ) -> str:
     """The whole report as one HTML document; ``images`` maps figure names (see
-    :data:`CAPTIONS`) to PNG files, embedded in that order; ``classes`` adds a per-class table."""
+    :data:`CAPTIONS`) to PNG files, embedded in that order."""
     body = "".join(
         (
             _header(diagnosis, evidence, run_name),
             _primary(diagnosis),
             _findings(diagnosis),
             _skipped(diagnosis),
-            _classes(evidence, classes or ()),
+            _classes(evidence),
             _figures(images or {}),
         )
     )
@@ -244,10 +257,9 @@ def write_report(
     run_name: str,
     images: Mapping[str, Path] | None,
     path: str | Path,
-    classes: Sequence[str] | None = None,
 ) -> Path:
     """Renders the report and writes it to ``path`` (UTF-8); returns the path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(diagnosis, evidence, run_name, images, classes), "utf-8")
+    out.write_text(render_report(diagnosis, evidence, run_name, images), "utf-8")
     return out

@@ -1,30 +1,32 @@
 """Figures of one run's evidence (matplotlib ``Figure`` objects, no pyplot state).
 
-Each function returns ``None`` when the signals it draws were not logged, so a report shows
-whatever the run has.
+Each function returns ``None`` when the signals it draws were not recorded, so a report shows
+whatever the run has. Step series are drawn as window means of at most ``MAX_COLUMNS`` windows,
+so a 100,000-step run plots as fast as a short one; small values (update ratios, learning
+rates) are drawn on log axes.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from mlflow_audiodiag import schema
-from mlflow_audiodiag.diagnosis import findings as codes
+from mlflow_audiodiag import signals as S
 from mlflow_audiodiag.diagnosis.evidence import RunEvidence
 from mlflow_audiodiag.diagnosis.findings import Diagnosis
+from mlflow_audiodiag.diagnosis.rules import STAGNANT_VALIDATION
 
-TRAIN, VAL = schema.SPLIT_TRAIN, schema.SPLIT_VAL
-STAGES = ("raw", "normalized")
-SPLITS = (schema.SPLIT_TRAIN, schema.SPLIT_VAL, schema.SPLIT_TEST)
+TRAIN, VAL, TEST = "train", "val", "test"
+SPLITS = (TRAIN, VAL, TEST)
+MAX_COLUMNS = 1000
 
 # File name of each figure that save_all writes.
 FILES: dict[str, str] = {
     "training_curves": "training_curves.png",
+    "update_ratios": "update_ratios.png",
     "gradient_norms": "gradient_norms.png",
     "learning_rate": "learning_rate.png",
     "histograms": "histograms.png",
@@ -36,8 +38,8 @@ _WINDOW = re.compile(rf"epochs\s+{_NUMBER}-{_NUMBER}")
 
 
 def plateau_window(diagnosis: Diagnosis | None) -> tuple[float, float] | None:
-    """First and last epoch of the ``stagnant_validation`` plateau, if that finding fired."""
-    finding = diagnosis.finding(codes.STAGNANT_VALIDATION) if diagnosis else None
+    """First and last epoch of the validation plateau, if the symptom finding fired."""
+    finding = diagnosis.finding(STAGNANT_VALIDATION) if diagnosis else None
     if finding is None:
         return None
     match = _WINDOW.search(str(finding.evidence.get("window", "")))
@@ -46,128 +48,159 @@ def plateau_window(diagnosis: Diagnosis | None) -> tuple[float, float] | None:
     return float(match.group(1)), float(match.group(2))
 
 
+def binned(rows: np.ndarray, bins: int = MAX_COLUMNS) -> np.ndarray:
+    """``(step, value)`` rows reduced to at most ``bins`` window means (NaN-aware)."""
+    if len(rows) <= bins:
+        return rows
+    edges = np.linspace(0, len(rows), bins + 1).astype(int)
+    out = []
+    for start, stop in zip(edges[:-1], edges[1:], strict=True):
+        part = rows[start:stop]
+        values = part[np.isfinite(part[:, 1]), 1]
+        out.append((part[-1, 0], values.mean() if len(values) else np.nan))
+    return np.array(out)
+
+
 def training_curves(evidence: RunEvidence, diagnosis: Diagnosis | None = None) -> Figure | None:
-    """Train/val loss and accuracy per epoch, the plateau window shaded and the majority guess
-    drawn when known."""
+    """Train/val loss and accuracy per epoch, the plateau shaded and the majority baseline."""
     panels = [
-        ("loss", "Loss"),
-        ("accuracy", "Accuracy"),
+        ("loss", (S.TRAIN_LOSS, S.VAL_LOSS)),
+        ("accuracy", (S.TRAIN_ACCURACY, S.VAL_ACCURACY)),
     ]
     present = [
-        (name, label)
-        for name, label in panels
-        if any(evidence.series(schema.split_metric(s, name)) is not None for s in (TRAIN, VAL))
+        (n, pair) for n, pair in panels if any(evidence.series(s.name) is not None for s in pair)
     ]
     if not present:
         return None
     window = plateau_window(diagnosis)
     fig = Figure(figsize=(5.5 * len(present), 4))
     axes = np.atleast_1d(fig.subplots(1, len(present)))
-    for ax, (name, label) in zip(axes, present, strict=True):
-        for split, style in ((TRAIN, "-"), (VAL, "-o")):
-            data = evidence.series(schema.split_metric(split, name))
+    for ax, (name, pair) in zip(axes, present, strict=True):
+        for signal, style, label in zip(pair, ("-", "-o"), (TRAIN, VAL), strict=True):
+            data = evidence.series(signal.name)
             if data is not None:
-                ax.plot(data[:, 0], data[:, 1], style, markersize=3, label=split)
+                ax.plot(data[:, 0], data[:, 1], style, markersize=3, label=label)
         if name == "accuracy":
-            majority = evidence.latest(schema.METRIC_MAJORITY_BASELINE)
+            majority = evidence.latest(S.MAJORITY_BASELINE.name)
             if majority is not None and np.isfinite(majority):
-                ax.axhline(majority, color="grey", linestyle="--", label="majority guess")
+                ax.axhline(majority, color="grey", linestyle="--", label="majority baseline")
         if window is not None:
             ax.axvspan(window[0], window[1], color="tab:red", alpha=0.12, label="plateau")
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
-        ax.set_title(label)
+        ax.set_title(name.capitalize())
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
     return fig
 
 
-def gradient_heatmap(evidence: RunEvidence) -> Figure | None:
-    """log10 gradient norm per parameter group (rows, early layers at the top) and step."""
-    groups = evidence.groups(schema.GRAD_NORM_PREFIX)
-    series = {g: evidence.series(schema.GRAD_NORM_PREFIX + g) for g in groups}
-    series = {g: s for g, s in series.items() if s is not None}
+def _group_lines(
+    evidence: RunEvidence, signal: S.Signal, title: str, ylabel: str, guides: dict[str, float]
+) -> Figure | None:
+    """One line per parameter group (forward order: input end dark, output end light) on a
+    log axis, with horizontal guide lines."""
+    groups = evidence.groups(signal)
+    series = {g: evidence.steps.series(signal.key(group=g)) for g in groups}
+    series = {g: binned(s) for g, s in series.items() if s is not None}
     if not series:
         return None
-    steps = np.unique(np.concatenate([s[:, 0] for s in series.values()]))
-    grid = np.full((len(series), len(steps)), np.nan)
-    for row, data in enumerate(series.values()):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            values = np.where(data[:, 1] > 0, np.log10(data[:, 1]), np.nan)
-        grid[row, np.searchsorted(steps, data[:, 0])] = values
-    fig = Figure(figsize=(9, 1.2 + 0.35 * len(series)))
+    fig = Figure(figsize=(9, 4))
     ax = fig.subplots()
-    masked = np.ma.masked_invalid(grid)
-    first, last = float(steps[0]), float(steps[-1])
-    half = 0.5 if last == first else 0.5 * (last - first) / max(len(steps) - 1, 1)
-    image = ax.imshow(
-        masked,
-        aspect="auto",
-        interpolation="nearest",
-        origin="upper",
-        extent=(first - half, last + half, len(series) - 0.5, -0.5),
-        cmap="viridis",
-    )
-    ax.set_yticks(np.arange(len(series)), list(series))
+    colors = _ramp_colors(len(series))
+    for color, (group, data) in zip(colors, series.items(), strict=True):
+        positive = np.where(data[:, 1] > 0, data[:, 1], np.nan)
+        ax.plot(data[:, 0], positive, color=color, linewidth=1, label=group)
+    for label, value in guides.items():
+        ax.axhline(value, color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(
+            label,
+            (0.995, value),
+            xycoords=("axes fraction", "data"),
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            color="grey",
+            annotation_clip=False,
+        )
+    ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_title("Gradient norm per parameter group (log10; blank: zero or non-finite)")
-    fig.colorbar(image, ax=ax, label="log10 ||grad||")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    if len(series) <= 12:
+        ax.legend(fontsize=7, ncols=2)
     fig.tight_layout()
     return fig
 
 
+def update_ratios(evidence: RunEvidence) -> Figure | None:
+    """Update-to-weight ratio per group and step (log axis): ~1e-3 is typical."""
+    return _group_lines(
+        evidence,
+        S.UPDATE_RATIO,
+        "Update / weight ratio per parameter group (input end dark, output end light)",
+        "||dW|| / ||W||",
+        {"typical ~1e-3": 1e-3},
+    )
+
+
+def gradient_norms(evidence: RunEvidence) -> Figure | None:
+    """Gradient norm per group and step (log axis), groups in forward order."""
+    return _group_lines(
+        evidence,
+        S.GRAD_NORM,
+        "Gradient norm per parameter group (input end dark, output end light)",
+        "||grad||",
+        {},
+    )
+
+
 def lr_curve(evidence: RunEvidence) -> Figure | None:
-    """Every ``lr/<group>`` step series, on a log scale when all are positive."""
-    groups = evidence.groups(schema.LR_PREFIX)
-    series = {g: evidence.series(schema.LR_PREFIX + g) for g in groups}
-    series = {g: s for g, s in series.items() if s is not None}
+    """Every param group's learning rate per step, on a log axis when all are positive."""
+    names = evidence.groups(S.LR)
+    series = {n: evidence.steps.series(S.LR.key(param_group=n)) for n in names}
+    series = {n: binned(s) for n, s in series.items() if s is not None}
     if not series:
         return None
     fig = Figure(figsize=(8, 3.5))
     ax = fig.subplots()
-    for group, data in series.items():
-        ax.plot(data[:, 0], data[:, 1], label=group)
+    for name, data in series.items():
+        ax.plot(data[:, 0], data[:, 1], label=f"param group {name}")
     values = np.concatenate([s[:, 1] for s in series.values()])
     finite = values[np.isfinite(values)]
     if len(finite) and (finite > 0).all():
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate")
-    ax.set_title("Learning rate per parameter group")
+    ax.set_title("Learning rate per optimizer param group")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
     return fig
 
 
-def _class_names(evidence: RunEvidence, classes: Sequence[str] | None) -> list[tuple[str, str]]:
-    """``(display name, metric-safe name)`` per class: ``classes`` when given, else every class
-    seen in the label counts or prediction counts."""
-    if classes:
-        return [(c, schema.metric_safe(c)) for c in classes]
+def _class_names(evidence: RunEvidence) -> list[str]:
     names: dict[str, None] = {}
-    for split in SPLITS:
-        names.update(dict.fromkeys(evidence.groups(f"{schema.LABELS_PREFIX}{split}/count/")))
-    names.update(dict.fromkeys(evidence.groups(schema.VAL_PRED_COUNT_PREFIX)))
-    return [(n, n) for n in names]
+    for key in evidence.summary:
+        parts = S.LABEL_COUNT.match(key)
+        if parts is not None:
+            names.setdefault(parts["cls"])
+    names.update(dict.fromkeys(evidence.groups(S.VAL_PRED_COUNT)))
+    return list(names)
 
 
-def label_and_prediction_histograms(
-    evidence: RunEvidence, classes: Sequence[str] | None = None
-) -> Figure | None:
-    """Clips per class in each split and, when logged, the last epoch's validation predictions
-    per class (``val_pred_count/<class>``)."""
-    names = _class_names(evidence, classes)
+def label_and_prediction_histograms(evidence: RunEvidence) -> Figure | None:
+    """Clips per class in each split and the last epoch's validation predictions per class."""
+    names = _class_names(evidence)
     if not names:
         return None
     bars: dict[str, list[float]] = {}
     for split in SPLITS:
-        prefix = f"{schema.LABELS_PREFIX}{split}/count/"
-        counts = [evidence.latest(prefix + safe) for _, safe in names]
+        counts = [evidence.summary.get(S.LABEL_COUNT.key(split=split, cls=c)) for c in names]
         if any(c is not None for c in counts):
             bars[f"{split} labels"] = [np.nan if c is None else c for c in counts]
-    predicted = [evidence.latest(schema.VAL_PRED_COUNT_PREFIX + safe) for _, safe in names]
+    predicted = [evidence.latest(S.VAL_PRED_COUNT.key(cls=c)) for c in names]
     if any(c is not None for c in predicted):
         bars["val predictions (last epoch)"] = [0.0 if c is None else c for c in predicted]
     if not bars:
@@ -179,7 +212,9 @@ def label_and_prediction_histograms(
     for i, (label, counts) in enumerate(bars.items()):
         hatch = "//" if label.startswith("val predictions") else None
         ax.bar(positions + i * width, counts, width, label=label, hatch=hatch)
-    ax.set_xticks(positions + 0.4 - width / 2, [n for n, _ in names], rotation=45, ha="right")
+    ax.set_xticks(positions + 0.4 - width / 2, names, rotation=45, ha="right")
+    for tick in ax.get_xticklabels():
+        tick.set_parse_math(False)  # class names are text, not TeX
     ax.set_ylabel("clips")
     ax.set_title("Labels per split and validation predictions per class")
     ax.legend()
@@ -190,19 +225,21 @@ def label_and_prediction_histograms(
 def feature_statistics(evidence: RunEvidence) -> Figure | None:
     """Mean and std of the features per stage and split, and the train-vs-split shift."""
     panels: list[tuple[str, dict[str, dict[str, float]]]] = []
-    for stage in STAGES:
+    for stage in (S.STAGE_RAW, S.STAGE_INPUT):
         per_split: dict[str, dict[str, float]] = {}
         for split in SPLITS:
-            prefix = f"{schema.FEATURES_PREFIX}{stage}/{split}/"
-            stats = {s: evidence.latest(prefix + s) for s in ("mean", "std")}
+            stats = {
+                s: evidence.summary.get(S.FEATURE_STAT.key(stage=stage, split=split, stat=s))
+                for s in ("mean", "std")
+            }
             if any(v is not None for v in stats.values()):
                 per_split[split] = {s: np.nan if v is None else v for s, v in stats.items()}
         if per_split:
             panels.append((f"{stage} features", per_split))
     shifts = {
-        name: value
-        for name in evidence.groups(schema.FEATURE_SHIFT_PREFIX)
-        if (value := evidence.latest(schema.FEATURE_SHIFT_PREFIX + name)) is not None
+        key.removeprefix("feature_shift/").replace("_vs_train_smd_", " "): value
+        for key, value in evidence.summary.items()
+        if S.FEATURE_SHIFT.match(key) is not None and np.isfinite(value)
     }
     if not panels and not shifts:
         return None
@@ -223,7 +260,7 @@ def feature_statistics(evidence: RunEvidence) -> Figure | None:
         ax = axes[-1]
         positions = np.arange(len(shifts))
         ax.barh(positions, list(shifts.values()), color="tab:purple")
-        ax.set_yticks(positions, [n.replace("_vs_train_smd_", " ") for n in shifts])
+        ax.set_yticks(positions, list(shifts))
         ax.invert_yaxis()
         ax.set_xlabel("|standardized mean difference| vs train")
         ax.set_title("Feature shift")
@@ -233,11 +270,7 @@ def feature_statistics(evidence: RunEvidence) -> Figure | None:
 
 
 def save_all(
-    evidence: RunEvidence,
-    diagnosis: Diagnosis | None,
-    out_dir: str | Path,
-    classes: Sequence[str] | None = None,
-    dpi: int = 100,
+    evidence: RunEvidence, diagnosis: Diagnosis | None, out_dir: str | Path, dpi: int = 100
 ) -> dict[str, Path]:
     """Writes every figure that can be drawn to ``out_dir`` as PNG; returns name -> path in
     the order of :data:`FILES`."""
@@ -245,9 +278,10 @@ def save_all(
     out.mkdir(parents=True, exist_ok=True)
     figures = {
         "training_curves": training_curves(evidence, diagnosis),
-        "gradient_norms": gradient_heatmap(evidence),
+        "update_ratios": update_ratios(evidence),
+        "gradient_norms": gradient_norms(evidence),
         "learning_rate": lr_curve(evidence),
-        "histograms": label_and_prediction_histograms(evidence, classes),
+        "histograms": label_and_prediction_histograms(evidence),
         "features": feature_statistics(evidence),
     }
     written: dict[str, Path] = {}
@@ -258,3 +292,10 @@ def save_all(
         fig.savefig(path, dpi=dpi, format="png")
         written[name] = path
     return written
+
+
+def _ramp_colors(n: int) -> list[tuple[float, float, float, float]]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(0.05 + 0.85 * i / max(n - 1, 1)) for i in range(n)]

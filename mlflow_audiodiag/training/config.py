@@ -110,8 +110,9 @@ class FaultConfig:
     """Deliberate training faults, all off by default: the fault zoo uses them to reproduce
     each cause of stagnant validation for real (see :mod:`mlflow_audiodiag.zoo`).
 
-    ``shuffle_labels``: each training batch's labels are permuted against its clips, as when
-    features and labels are shuffled separately (labels no longer match the audio).
+    ``shuffle_labels``: the training labels are permuted once against their clips, as when a
+    label column is shuffled separately from the file column (labels no longer match the
+    audio, but a model can still memorise them).
     ``freeze``: comma-separated parameter-name prefixes whose ``requires_grad`` is turned off.
     ``skip_optimizer_step``: ``backward()`` runs but ``optimizer.step()`` never does.
     ``eval_feature_offset``: added to every val/test feature before normalization, as if those

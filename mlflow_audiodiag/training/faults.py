@@ -16,11 +16,16 @@ from mlflow_audiodiag.training.config import FaultConfig
 
 
 def apply_data_faults(store: FeatureStore, faults: FaultConfig, seed: int) -> FeatureStore:
-    """Training labels turned into class 0 and val/test features shifted, as configured."""
-    if faults.labels_to_class0 == 0.0 and faults.eval_feature_offset == 0.0:
+    """Training labels turned into class 0 or shuffled separately from the clips (once, as a
+    label column shuffled on its own), and val/test features shifted, as configured."""
+    if not (faults.labels_to_class0 or faults.eval_feature_offset or faults.shuffle_labels):
         return store
     splits = dict(store.splits)
     train = splits.get(schema.SPLIT_TRAIN)
+    if faults.shuffle_labels and train is not None:
+        shuffled = np.random.default_rng(seed + 1).permutation(train.labels)
+        train = dataclasses.replace(train, labels=shuffled)
+        splits[schema.SPLIT_TRAIN] = train
     if faults.labels_to_class0 > 0 and train is not None:
         rng = np.random.default_rng(seed)
         labels = train.labels.copy()

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from mlflow_audiodiag.features.augment import SpecAugment, mixup
 from mlflow_audiodiag.features.extractor import FeatureExtractor
 from mlflow_audiodiag.features.normalization import FeatureNormalizer
+from mlflow_audiodiag.metrics import ClassificationScores, classification_scores
 from mlflow_audiodiag.monitoring.distributed import (
     DistContext,
     broadcast_from_main,
@@ -24,7 +25,6 @@ from mlflow_audiodiag.monitoring.distributed import (
 )
 from mlflow_audiodiag.monitoring.monitor import TrainingMonitor
 from mlflow_audiodiag.training.config import TrainConfig
-from mlflow_audiodiag.training.metrics import ClassificationScores, classification_scores
 from mlflow_audiodiag.training.optim import LRSchedule, build_optimizer
 
 
@@ -120,9 +120,6 @@ class Trainer:
         if self.config.faults.fail_rank == self.dist.rank:
             raise RuntimeError(f"deliberate failure on rank {self.dist.rank} (faults.fail_rank)")
         targets = targets.to(self.device)
-        if self.config.faults.shuffle_labels:
-            order = torch.randperm(len(targets), generator=self.generator).to(self.device)
-            targets = targets[order]
         features = self.spec_augment(self.to_features(inputs), generator=self.generator)
         alpha = self.config.augment.mixup_alpha
         features, targets_a, targets_b, lam = mixup(features, targets, alpha, self.generator)
@@ -139,6 +136,8 @@ class Trainer:
                 monitor.clip_grad_norm_(self.config.optim.grad_clip)
             else:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+                if monitor is not None:
+                    monitor.clip_max_norm = self.config.optim.grad_clip
         if not self.config.faults.skip_optimizer_step:
             self.optimizer.step()
         if monitor is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +11,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from mlflow_audiodiag import __version__, schema
-from mlflow_audiodiag.data.synthetic import default_cache_root
+from mlflow_audiodiag import __version__, schema, signals
+from mlflow_audiodiag.cache import default_cache_root
 from mlflow_audiodiag.diagnosis.live import LiveStagnationCheck
-from mlflow_audiodiag.diagnosis.writeback import diagnose_run
 from mlflow_audiodiag.errors import ConfigError, DataError
 from mlflow_audiodiag.features.augment import WaveformAugmenter
 from mlflow_audiodiag.features.extractor import FeatureExtractor
@@ -32,6 +30,7 @@ from mlflow_audiodiag.monitoring.distributed import (
 )
 from mlflow_audiodiag.monitoring.monitor import TrainingMonitor
 from mlflow_audiodiag.monitoring.statistics import FeatureStatsAccumulator
+from mlflow_audiodiag.reporting.writeback import diagnose_run
 from mlflow_audiodiag.training import artifacts
 from mlflow_audiodiag.training.config import TrainConfig
 from mlflow_audiodiag.training.dataset_source import resolve_clip_table
@@ -51,7 +50,6 @@ from mlflow_audiodiag.training.distributed import (
 )
 from mlflow_audiodiag.training.faults import apply_data_faults, apply_model_faults
 from mlflow_audiodiag.training.loop import EpochResult, SplitResult, Trainer
-from mlflow_audiodiag.training.metrics import majority_fraction
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +73,8 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
+    """Seeds numpy and torch (not Python's ``random``: MLflow draws run names from it, and
+    every run of one seed would get the same name)."""
     np.random.seed(seed)
     torch.manual_seed(seed)
 
@@ -140,9 +139,9 @@ def _train(config: TrainConfig, cache_root: Path | None, ctx: DistContext) -> Tr
         return TrainResult("", "", rank=ctx.rank, **result)
 
     active = mlflow.active_run()
-    run = active or mlflow.start_run()
+    run = active or mlflow.start_run(log_system_metrics=True)
     try:
-        result = _train_logged(config, store, source, stats, *splits, ctx)
+        result = _train_logged(config, store, source, stats, *splits, ctx, table)
     except KeyboardInterrupt:
         if active is None:
             mlflow.end_run(status="KILLED")
@@ -153,7 +152,7 @@ def _train(config: TrainConfig, cache_root: Path | None, ctx: DistContext) -> Tr
         raise
     verdict, cause = _diagnose(run.info.run_id)
     if active is None:
-        mlflow.end_run()
+        _end_run_when_reachable()
     return TrainResult(
         run_id=run.info.run_id,
         experiment_id=run.info.experiment_id,
@@ -167,14 +166,31 @@ def _diagnose(run_id: str) -> tuple[str | None, str | None]:
     """Diagnoses the finished training and writes the result to the run; a failure here is
     reported but never costs the trained run."""
     try:
-        diagnosis = diagnose_run(run_id)
+        diagnosis = diagnose_run(run_id, status="FINISHED")
     except Exception as error:
         logger.error("could not diagnose run %s: %s", run_id, error)
         return None, None
     return diagnosis.verdict, diagnosis.primary_cause
 
 
-def _train_logged(config, store, source, stats, train_split, val_split, n_classes, ctx) -> dict:
+def _end_run_when_reachable() -> None:
+    """Ends the run FINISHED, waiting out a tracking-server outage (a run whose data all
+    arrived must not end FAILED because the server was briefly away at the very end)."""
+    if artifacts.wait_for_tracking_server():
+        mlflow.end_run()
+        return
+    run = mlflow.active_run()
+    logger.error(
+        "the tracking server stayed unreachable: run %s could not be marked FINISHED; it ends "
+        "KILLED when `python -m mlflow_audiodiag.monitoring.sink recover` runs, or set its "
+        "status in the UI",
+        run.info.run_id if run else "?",
+    )
+
+
+def _train_logged(
+    config, store, source, stats, train_split, val_split, n_classes, ctx, table=None
+) -> dict:
     """Training and evaluation on every rank; logging (and the monitor) on rank 0 only."""
     device = device_for(ctx, resolve_device(config.loop.device))
     if ctx.is_main:
@@ -186,7 +202,8 @@ def _train_logged(config, store, source, stats, train_split, val_split, n_classe
                 schema.TAG_WORLD_SIZE: str(ctx.world_size),
             }
         )
-        artifacts.log_dataset_summary(config, store, stats)
+        if table is not None:
+            artifacts.log_dataset_input(table, source)
 
     extractor = FeatureExtractor(config.features)
     normalizer = FeatureNormalizer(stats)
@@ -203,8 +220,15 @@ def _train_logged(config, store, source, stats, train_split, val_split, n_classe
     )
     monitor = None
     if ctx.is_main:  # gradients are synchronized across ranks: rank 0 sees the job's
-        monitor = TrainingMonitor(trainer.module, trainer.optimizer, config=config.monitor)
+        monitor = TrainingMonitor(
+            trainer.module,
+            trainer.optimizer,
+            config=config.monitor,
+            classes=store.classes,
+            front_end="bundled",
+        )
         trainer.attach(monitor)
+        artifacts.log_dataset_summary(config, store, stats, monitor.sink)
     try:
         return _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split, ctx)
     finally:
@@ -267,20 +291,7 @@ def _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split, c
         if test_split is not None:
             trainer.evaluate(_eval_loader(test_split, config, ctx))
         return _result_fields(fit, None, store)
-    monitor.log_metrics(
-        {
-            schema.METRIC_MAJORITY_BASELINE: majority_fraction(
-                val_split.labels, train_split.labels, n_classes
-            ),
-            schema.METRIC_SKIPPED_FILES: len(store.skipped),
-            schema.METRIC_CROPPED_CLIPS: store.cropped_clips,
-            **{
-                f"{schema.METRIC_CLIPS_PREFIX}{name}": len(split)
-                for name, split in store.splits.items()
-            },
-        },
-        step=0,
-    )
+    monitor.log_metrics({schema.METRIC_SKIPPED_FILES: len(store.skipped)}, step=0)
     monitor.set_attention_probe(
         trainer.normalizer(torch.from_numpy(np.array(val_split.features[:_PROBE_CLIPS])))
     )
@@ -296,7 +307,7 @@ def _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split, c
 
     live = None
     if config.monitor.live_check:
-        live = LiveStagnationCheck(monitor.run_id, stop=config.monitor.stop_on_stagnation)
+        live = LiveStagnationCheck(monitor, stop=config.monitor.stop_on_stagnation)
         monitor.add_epoch_hook(live)
     fit = trainer.fit(
         train_loader,
@@ -317,10 +328,18 @@ def _fit_and_evaluate(config, store, trainer, monitor, train_split, val_split, c
         test_accuracy = final.scores.accuracy
     monitor.log_metrics(summary, step=fit.best_epoch)
     artifacts.log_confusion_matrix(
-        final, store.classes, schema.SPLIT_TEST if test_split is not None else schema.SPLIT_VAL
+        final,
+        store.classes,
+        schema.SPLIT_TEST if test_split is not None else schema.SPLIT_VAL,
+        monitor.sink,
     )
     artifacts.log_model(
-        trainer.extractor, trainer.normalizer, trainer.module, store.classes, config.features
+        trainer.extractor,
+        trainer.normalizer,
+        trainer.module,
+        store.classes,
+        config.features,
+        monitor.sink,
     )
     return _result_fields(fit, test_accuracy, store)
 
@@ -355,8 +374,12 @@ def _log_dataset_signals(
         if monitor is None:
             continue
         classes = store.classes
-        monitor.log_dataset(name, labels, classes, accumulated=raw, stage="raw", levels=levels)
-        monitor.log_dataset(name, labels, classes, accumulated=normalized, stage="normalized")
+        monitor.log_dataset(
+            name, labels, classes, accumulated=raw, stage=signals.STAGE_RAW, levels=levels
+        )
+        monitor.log_dataset(
+            name, labels, classes, accumulated=normalized, stage=signals.STAGE_INPUT
+        )
 
 
 def _eval_loader(split: SplitFeatures, config: TrainConfig, ctx: DistContext) -> DataLoader:
@@ -368,10 +391,12 @@ def _eval_loader(split: SplitFeatures, config: TrainConfig, ctx: DistContext) ->
 
 
 def _epoch_metrics(result: EpochResult) -> dict[str, float]:
+    """The loop's own epoch values: they take the place of the monitor's (the loop knows the
+    weighted loss, and DDP ranks' shards), plus the epoch's wall time."""
     return {
-        **_prefixed(schema.SPLIT_TRAIN, result.train.metrics()),
+        signals.TRAIN_LOSS.name: result.train.loss,
+        signals.TRAIN_ACCURACY.name: result.train.scores.accuracy,
         **_prefixed(schema.SPLIT_VAL, result.val.metrics()),
-        schema.METRIC_LR: result.lr,
         schema.METRIC_EPOCH_SECONDS: result.seconds,
     }
 

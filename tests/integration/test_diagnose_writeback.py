@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_audiodiag import schema
-from mlflow_audiodiag.diagnosis.writeback import NOTE_START, diagnose_run
+from mlflow_audiodiag.reporting.writeback import NOTE_START, diagnose_run
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from mlflow_audiodiag.training.metrics import (
+from mlflow_audiodiag.metrics import (
     classification_scores,
     confusion_matrix,
     majority_fraction,

@@ -2,8 +2,9 @@
 
 Tags (searchable, shown as columns), the run description, metrics, ``findings.json``, a
 self-contained HTML report and plots. Writing again replaces what an earlier diagnosis wrote:
-tags and artifacts are overwritten, metrics use a fixed step and timestamp (identical points are
-stored once), and the description keeps the user's own text outside the diagnosis block.
+tags and artifacts are overwritten, metrics are logged with the current time (the latest value
+is the one MLflow shows; scores of findings that no longer fire are set to 0), and the
+description keeps the user's own text outside the diagnosis block.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import html
 import json
 import logging
 import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from mlflow.entities import Metric
@@ -21,6 +24,7 @@ from mlflow_audiodiag import schema
 from mlflow_audiodiag.diagnosis.engine import diagnose
 from mlflow_audiodiag.diagnosis.evidence import RunEvidence, load_evidence
 from mlflow_audiodiag.diagnosis.findings import Diagnosis
+from mlflow_audiodiag.diagnosis.rules import STAGNANT_VALIDATION, Rule
 from mlflow_audiodiag.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from mlflow_audiodiag.reporting.html import render_report
 from mlflow_audiodiag.reporting.plots import save_all
@@ -35,15 +39,23 @@ def diagnose_run(
     run_id: str,
     client: MlflowClient | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    rules: Sequence[Rule] | None = None,
     write: bool = True,
+    status: str | None = None,
 ) -> Diagnosis:
     """Reads ``run_id``'s evidence, diagnoses it and (by default) writes the result back.
 
-    Works on finished, failed, killed and running runs.
+    Works on finished, failed, killed and running runs; ``status`` names the run's status
+    when it is diagnosed at the end of its own training (it is still RUNNING then).
+
+    Example::
+
+        diagnosis = diagnose_run(run_id)
+        print(diagnosis.verdict, diagnosis.primary_cause)
     """
     client = client or MlflowClient()
-    evidence = load_evidence(client, run_id)
-    diagnosis = diagnose(evidence, thresholds)
+    evidence = load_evidence(client, run_id, status=status)
+    diagnosis = diagnose(evidence, thresholds, rules)
     if write:
         write_diagnosis(client, run_id, diagnosis, evidence)
     return diagnosis
@@ -57,12 +69,21 @@ def write_diagnosis(
     client.set_tag(run_id, schema.TAG_VERDICT, diagnosis.verdict)
     client.set_tag(run_id, schema.TAG_PRIMARY_CAUSE, diagnosis.primary_cause or "none")
     client.set_tag(run_id, schema.TAG_FINDINGS, ",".join(codes) or "none")
+    client.set_tag(run_id, schema.TAG_LIVE, final_state(diagnosis, evidence))
     previous_note = run.data.tags.get(schema.TAG_NOTE, "")
     client.set_tag(run_id, schema.TAG_NOTE, merge_note(previous_note, summary_markdown(diagnosis)))
-    metrics = [Metric(schema.METRIC_DIAGNOSIS_FINDINGS, float(len(codes)), 0, 0)]
+    now = int(time.time() * 1000)
+    scores = {f.code: float(f.score) for f in diagnosis.findings}
+    stale = {
+        key.removeprefix(schema.DIAGNOSIS_SCORE_PREFIX)
+        for key in run.data.metrics
+        if key.startswith(schema.DIAGNOSIS_SCORE_PREFIX)
+    }
+    scores.update({code: 0.0 for code in stale - set(scores)})
+    metrics = [Metric(schema.METRIC_DIAGNOSIS_FINDINGS, float(len(codes)), now, 0)]
     metrics += [
-        Metric(schema.DIAGNOSIS_SCORE_PREFIX + finding.code, float(finding.score), 0, 0)
-        for finding in diagnosis.findings
+        Metric(schema.DIAGNOSIS_SCORE_PREFIX + code, value, now, 0)
+        for code, value in scores.items()
     ]
     client.log_batch(run_id, metrics=metrics)
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,6 +97,18 @@ def write_diagnosis(
             render_report(diagnosis, evidence, run_name, images), encoding="utf-8"
         )
         client.log_artifacts(run_id, tmp, schema.ARTIFACT_DIR_DIAGNOSIS)
+
+
+def final_state(diagnosis: Diagnosis, evidence: RunEvidence) -> str:
+    """The live tag's last value: the verdict, the epochs and the plateau the report names."""
+    epochs = evidence.n_epochs
+    text = f"finished after {epochs} epochs: {diagnosis.verdict}"
+    symptom = diagnosis.finding(STAGNANT_VALIDATION)
+    if symptom is not None:
+        text += f"; {symptom.title}"
+    if diagnosis.primary_cause:
+        text += f" (most likely cause: {diagnosis.primary_cause})"
+    return text[:5000]
 
 
 def summary_markdown(diagnosis: Diagnosis) -> str:
@@ -119,6 +152,10 @@ def _figures(evidence: dict) -> str:
     return "; ".join(parts) or "none recorded"
 
 
+_MARKDOWN = str.maketrans({c: f"\\{c}" for c in "\\`*_{}[]()#+!|~"})
+
+
 def _text(value: str) -> str:
-    """Dynamic text for the markdown description (which the UI renders as HTML)."""
-    return html.escape(str(value))
+    """Dynamic text for the markdown description (which the UI renders as HTML): HTML
+    special characters escaped, and Markdown's own with a backslash."""
+    return html.escape(str(value)).translate(_MARKDOWN)

@@ -20,7 +20,7 @@ from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 
 from mlflow_audiodiag import schema
 from mlflow_audiodiag.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
-from mlflow_audiodiag.diagnosis.writeback import diagnose_run
+from mlflow_audiodiag.reporting.writeback import diagnose_run
 
 MODEL_TYPE = "audiodiag"
 

@@ -1,19 +1,21 @@
-"""``AudioDiagTrainerCallback``: the training monitor as a ``transformers.Trainer`` callback.
+"""``AudioDiagTrainerCallback``: the training monitor and the diagnosis as a
+``transformers.Trainer`` callback.
 
-    callback = AudioDiagTrainerCallback(classes=names)
-    trainer = Trainer(..., callbacks=[callback], compute_metrics=callback.compute_metrics())
+    trainer = Trainer(..., callbacks=[AudioDiagTrainerCallback(classes=names)])
 
 The run is the active MLflow run when training begins; without one the callback starts a run
 and ends it when training ends. Transformers' own ``MLflowCallback`` (``report_to=["mlflow"]``)
 may run alongside: it starts its run first, and both then log into that run.
 
-Per optimizer step it records gradient norms, update ratios and learning rates. The Trainer
-calls ``on_pre_optimizer_step`` after its gradient clipping, so here ``grad_norm/*`` are
-post-clipping norms (set ``max_grad_norm=0`` for the raw norms; the Trainer logs its own
-pre-clipping ``grad_norm``). The Trainer hands callbacks no loss, so ``train/step_loss`` is not
-recorded. Validation prediction statistics need the Trainer's ``compute_metrics`` to come from
-:meth:`AudioDiagTrainerCallback.compute_metrics`; they are logged at step ``round(epoch)`` with
-``eval_strategy="epoch"``, else at the evaluation's index (1, 2, ...).
+Nothing else is needed: the optimizer's step hooks record every step, with gradient norms read
+when the backward pass ends (before the Trainer's clipping), the clipping threshold
+(``max_grad_norm``), update ratios and learning rates; the model's forward hook gives the step
+loss (the model's own ``loss``) and the batch accuracy, and at every evaluation the validation
+logits and labels. Values the Trainer reports under common names (``eval_loss``,
+``eval_accuracy``) are recorded too. ``compute_metrics=callback.compute_metrics()`` still works
+(and hands the callback the evaluation's predictions directly). When training ends the run is
+diagnosed and the verdict written back (``diagnose=False`` turns that off). Evaluations are
+epochs 1, 2, ... (``eval_strategy="epoch"``: the Trainer's epoch).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from mlflow_audiodiag.integrations.common import diagnose_at_end, user_metrics
 from mlflow_audiodiag.monitoring.groups import ParameterGroups
 from mlflow_audiodiag.monitoring.monitor import MonitorConfig, TrainingMonitor
 
@@ -43,14 +46,21 @@ MetricsFn = Callable[..., dict[str, float]]
 
 
 class AudioDiagTrainerCallback(TrainerCallback):
-    """Records the diagnostics of :class:`TrainingMonitor` during ``Trainer.train``.
+    """Records the evidence of :class:`TrainingMonitor` during ``Trainer.train`` and diagnoses
+    the run at its end.
 
     Args:
-        classes: class names, in label order, for the validation prediction statistics.
+        classes: class names, in label order.
         groups: parameter groups (a :class:`ParameterGroups` or ``{"group": [prefixes]}`` over
-            the model's parameter names); default: the default grouping of the wrapped model
-            when the model holds a single child model.
+            the model's parameter names); default: one group per block (``encoder.layer.<i>``).
         config: recording settings.
+        diagnose: diagnose the run when training ends.
+
+    Example::
+
+        trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
+                          callbacks=[AudioDiagTrainerCallback(classes=names)])
+        trainer.train()
     """
 
     def __init__(
@@ -58,20 +68,22 @@ class AudioDiagTrainerCallback(TrainerCallback):
         classes: Sequence[str] | None = None,
         groups: ParameterGroups | dict[str, list[str]] | None = None,
         config: MonitorConfig | None = None,
+        *,
+        diagnose: bool = True,
     ) -> None:
         self.classes = list(classes) if classes is not None else None
         self.groups = groups
         self.config = config
+        self.diagnose = diagnose
         self.monitor: TrainingMonitor | None = None
-        self._started_run = False
+        self._started_run: str | None = None
         self._evaluations = 0
         self._latest: tuple[np.ndarray, np.ndarray] | None = None
         self._batches: list[tuple[np.ndarray, np.ndarray]] = []
-        self._warned = False
 
     def compute_metrics(self, fn: MetricsFn | None = None) -> MetricsFn:
-        """A ``compute_metrics`` for the Trainer that records the evaluation's logits and labels
-        for the monitor and returns ``fn(eval_prediction)`` (default: ``{"accuracy": ...}``).
+        """A ``compute_metrics`` for the Trainer that hands the evaluation's logits and labels
+        to the monitor and returns ``fn(eval_prediction)`` (default: ``{"accuracy": ...}``).
 
         Supports ``batch_eval_metrics=True`` (calls with ``compute_result``) as well.
         """
@@ -117,15 +129,23 @@ class AudioDiagTrainerCallback(TrainerCallback):
         active = mlflow.active_run()
         if active is None:
             active = mlflow.start_run()
-            self._started_run = True
+            self._started_run = active.info.run_id
         self.monitor = TrainingMonitor(
             model,
-            optimizer,
+            getattr(optimizer, "optimizer", optimizer),  # accelerate wraps the optimizer
             run_id=active.info.run_id,
             groups=self.groups,
             config=self.config,
+            classes=self.classes,
+            hooks=True,
+            front_end="huggingface",
         )
+        self.monitor.taps.keep_eval = True
+        if args.max_grad_norm and args.max_grad_norm > 0:
+            self.monitor.clip_max_norm = float(args.max_grad_norm)
         self.monitor.step = state.global_step  # step numbers continue after a resume
+        if self.diagnose:
+            self.monitor.add_close_hook(diagnose_at_end)
         self._evaluations = 0
         self._latest = None
 
@@ -134,47 +154,36 @@ class AudioDiagTrainerCallback(TrainerCallback):
     ) -> None:
         monitor, self.monitor = self.monitor, None
         if monitor is not None and not monitor.close():
-            logger.warning("AudioDiagTrainerCallback: not every metric point reached MLflow")
-        if self._started_run:
-            self._started_run = False
-            run = mlflow.active_run()
-            if monitor is not None and run is not None and run.info.run_id == monitor.run_id:
-                mlflow.end_run()
-
-    # -- steps ---------------------------------------------------------------------------
-    def on_pre_optimizer_step(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        if self.monitor is not None:
-            self.monitor.after_backward()
-
-    def on_optimizer_step(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        if self.monitor is not None:
-            self.monitor.after_step()
+            logger.warning("AudioDiagTrainerCallback: not everything reached MLflow (see above)")
+        started, self._started_run = self._started_run, None
+        run = mlflow.active_run()
+        if started is not None and run is not None and run.info.run_id == started:
+            mlflow.end_run()
 
     # -- evaluation ----------------------------------------------------------------------
     def on_evaluate(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
     ) -> None:
         latest, self._latest = self._latest, None
         if self.monitor is None:
             return
+        kept = self.monitor.taps.take_eval()
         self._evaluations += 1
-        by_epoch = args.eval_strategy == "epoch"
-        epoch = round(state.epoch or 0) if by_epoch else self._evaluations
+        by_epoch = str(getattr(args, "eval_strategy", "")) in ("epoch", "IntervalStrategy.EPOCH")
+        epoch = round(state.epoch or 0) if by_epoch and state.epoch else self._evaluations
+        given = user_metrics(metrics or {})
+        if latest is None and kept is not None:
+            latest = (kept[0].float().cpu().numpy(), kept[1].cpu().numpy())
         if latest is None:
-            if not self._warned:
-                self._warned = True
-                logger.warning(
-                    "AudioDiagTrainerCallback: no validation predictions recorded; pass "
-                    "compute_metrics=callback.compute_metrics() to the Trainer"
-                )
-            self.monitor.end_epoch(epoch)  # still flushes the step signals
+            self.monitor.end_epoch(epoch, metrics=given)
             return
         logits, labels = latest
-        self.monitor.end_epoch(epoch, labels, logits, classes=self.classes)
+        self.monitor.end_epoch(epoch, labels, logits, metrics=given)
 
 
 def _first(values: Any) -> np.ndarray:

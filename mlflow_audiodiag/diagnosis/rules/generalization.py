@@ -1,0 +1,192 @@
+"""Generalization: a model that fits the training data but stops carrying it over to
+validation (overfitting), or one that cannot fit the training data (underfitting)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlflow_audiodiag import signals as S
+from mlflow_audiodiag.diagnosis.evidence import RunEvidence
+from mlflow_audiodiag.diagnosis.findings import Finding, Severity
+from mlflow_audiodiag.diagnosis.rules.common import (
+    INFERRED_CAP,
+    active_epochs,
+    finite,
+    learned,
+    learned_margin,
+    model_size,
+    ramp,
+    require,
+    score,
+    train_chance,
+)
+from mlflow_audiodiag.diagnosis.rules.data import _OPTIMIZATION, LABEL_NOISE
+from mlflow_audiodiag.diagnosis.rules.registry import Context, MissingSignal, rule
+from mlflow_audiodiag.diagnosis.thresholds import Thresholds
+
+OVERFITTING = "overfitting"
+UNDERFITTING = "underfitting"
+
+
+def _aligned(ev: RunEvidence, t: Thresholds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs with both a train and a val accuracy: ``(epochs, train, val)``."""
+    train = require(ev, S.TRAIN_ACCURACY)
+    val = require(ev, S.VAL_ACCURACY)
+    epochs = np.intersect1d(train[:, 0], val[:, 0])
+    if len(epochs) < t.min_epochs:
+        raise MissingSignal(S.TRAIN_ACCURACY.name, f"{len(epochs)} epochs, needs {t.min_epochs}")
+    return (
+        epochs,
+        train[np.isin(train[:, 0], epochs), 1],
+        val[np.isin(val[:, 0], epochs), 1],
+    )
+
+
+@rule(
+    OVERFITTING,
+    family="generalization",
+    title="Overfitting",
+    precedence=0,
+    thresholds=("overfit_gap", "overfit_gap_growth", "val_loss_rise_ratio", "window_epochs"),
+    signals=(S.TRAIN_ACCURACY, S.VAL_ACCURACY, S.TRAIN_LOSS, S.VAL_LOSS),
+    defers_to=_OPTIMIZATION + (LABEL_NOISE,),
+)
+def overfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
+    """Train accuracy pulls away from a val accuracy that learned and then stopped carrying
+    over: the gap is large and growing while val accuracy falls from its best or val loss
+    rises with the train loss falling."""
+    _, train, val = _aligned(ev, t)
+    val_learned, figures = learned(ev, t)
+    if not val_learned:
+        return None
+    k = min(t.window_epochs, max(1, len(train) // 2))
+    gap_late = float(np.mean(train[-k:] - val[-k:]))
+    gap_early = float(np.mean(train[:k] - val[:k]))
+    growth = gap_late - gap_early
+    best = figures["best_sustained_val_accuracy"]
+    drop = best - float(np.mean(val[-k:]))
+    falling_acc = drop >= learned_margin(ev, t, best)
+    rise = None
+    val_loss, train_loss = ev.values(S.VAL_LOSS.name), ev.values(S.TRAIN_LOSS.name)
+    if val_loss is not None and train_loss is not None:
+        val_loss, train_loss = finite(val_loss), finite(train_loss)
+        enough = len(val_loss) >= 2 and len(train_loss) >= 2 and val_loss.min() > 0
+        if enough and train_loss[-k:].mean() < train_loss[:k].mean():
+            rise = float(val_loss[-k:].mean() / val_loss.min())
+    rising_loss = rise is not None and rise >= t.val_loss_rise_ratio
+    if not (gap_late >= t.overfit_gap and growth >= t.overfit_gap_growth):
+        return None
+    if not (falling_acc or rising_loss):
+        return None
+    evidence: dict[str, float | str] = {
+        "train_accuracy_window": float(train[-k:].mean()),
+        "val_accuracy_window": float(val[-k:].mean()),
+        "val_accuracy_best": best,
+        "gap_window": gap_late,
+        "gap_first_epochs": gap_early,
+        "gap_growth": growth,
+    }
+    if rise is not None:
+        evidence["val_loss_window_over_min"] = rise
+    return Finding(
+        code=OVERFITTING,
+        severity=Severity.WARNING,
+        title=f"Overfitting: train accuracy exceeds val accuracy by {gap_late:.2f} and growing",
+        evidence=evidence,
+        thresholds={
+            "overfit_gap": t.overfit_gap,
+            "overfit_gap_growth": t.overfit_gap_growth,
+            "val_loss_rise_ratio": t.val_loss_rise_ratio,
+        },
+        fix=(
+            "Augment the training audio (background noise, time shift, gain, time-stretch, "
+            "pitch-shift, SpecAugment masks, mixup), regularize (dropout, weight decay), stop "
+            "early at the best val epoch, use a smaller model"
+            + (f" (now {size})" if (size := model_size(ev)) else "")
+            + " or collect more data."
+        ),
+        score=score(ramp(gap_late, t.overfit_gap, 4 * t.overfit_gap)),
+    )
+
+
+@rule(
+    UNDERFITTING,
+    family="generalization",
+    title="Underfitting",
+    precedence=1,
+    thresholds=("chance_margin", "train_flat_change", "overfit_gap", "lr_active_fraction"),
+    signals=(S.TRAIN_ACCURACY, S.VAL_ACCURACY, S.TRAIN_LOSS, S.MAJORITY_FRACTION),
+    defers_to=_OPTIMIZATION + (LABEL_NOISE,),
+)
+def underfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
+    """The model cannot fit its training data although the optimization is healthy: train
+    accuracy never leaves chance (too much regularization, too small a model), or it stops
+    improving far from a perfect fit with val keeping up with it."""
+    epochs, train, val = _aligned(ev, t)
+    chance = train_chance(ev)
+    never = chance is not None and float(train.max()) <= chance + t.chance_margin
+    stalled = _train_stalled(ev, t, epochs, train, val)
+    if not (never or stalled):
+        return None
+    k = min(t.window_epochs, len(train))
+    evidence: dict[str, float | str] = {
+        "train_accuracy_window": float(train[-k:].mean()),
+        "val_accuracy_window": float(val[-k:].mean()),
+        "best_train_accuracy": float(train.max()),
+    }
+    if chance is not None:
+        evidence["train_chance"] = chance
+    if stalled:
+        evidence["train_loss_drop_second_half"] = stalled
+    size = model_size(ev)
+    if never:
+        title = (
+            f"Underfitting: train accuracy never leaves chance ({float(train.max()):.3f} vs "
+            f"{chance:.3f}) although the weights are updated normally"
+        )
+        strength = ramp(chance + t.chance_margin - float(train.max()), 0.0, t.chance_margin)
+    else:
+        title = (
+            f"Underfitting: train accuracy stops at {float(train[-k:].mean()):.2f} with val "
+            "keeping up and a healthy optimization"
+        )
+        strength = ramp(1.0 - float(train[-k:].mean()), t.overfit_gap, 0.5)
+    return Finding(
+        code=UNDERFITTING,
+        severity=Severity.CRITICAL if never else Severity.WARNING,
+        title=title,
+        evidence=evidence,
+        thresholds={"chance_margin": t.chance_margin, "train_flat_change": t.train_flat_change},
+        fix=(
+            "Lighten the regularization (dropout, weight decay, heavy augmentation or mixup) "
+            "and give the model more capacity"
+            + (f" (now {size})" if size else "")
+            + ": more layers or width, finer time resolution of its inputs; train longer."
+        ),
+        score=score(strength, INFERRED_CAP),
+    )
+
+
+def _train_stalled(
+    ev: RunEvidence, t: Thresholds, epochs: np.ndarray, train: np.ndarray, val: np.ndarray
+) -> float | None:
+    """The train loss's relative drop over the second half of the active epochs when training
+    stopped improving far from a perfect fit with val close behind; else ``None``."""
+    losses = ev.epochs.series(S.TRAIN_LOSS.name)
+    if losses is None:
+        return None
+    active = active_epochs(ev, t)
+    if active is not None:
+        losses = losses[np.isin(losses[:, 0], active)]
+    losses = losses[np.isfinite(losses[:, 1])]
+    if len(losses) < t.min_epochs:
+        return None
+    half = losses[len(losses) // 2 :, 1]
+    drop = float((half[0] - half.min()) / half[0]) if half[0] > 0 else 0.0
+    k = min(t.window_epochs, len(train))
+    train_late, val_late = float(train[-k:].mean()), float(val[-k:].mean())
+    if drop >= t.train_flat_change or 1.0 - train_late < t.overfit_gap:
+        return None
+    if train_late - val_late >= t.overfit_gap / 2:
+        return None
+    return max(drop, 1e-6)

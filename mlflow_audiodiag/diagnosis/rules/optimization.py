@@ -1,0 +1,452 @@
+"""Optimization: weights that do not move, gradients that explode or vanish, learning rates
+too high or too low. Judged per parameter group in forward order and in phases of the run
+(the early steps, windows, the recent steps), for any architecture."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlflow_audiodiag import signals as S
+from mlflow_audiodiag.diagnosis.evidence import RunEvidence
+from mlflow_audiodiag.diagnosis.findings import Finding, Severity
+from mlflow_audiodiag.diagnosis.rules.common import (
+    clip_advice,
+    clip_norm,
+    finite,
+    is_frozen,
+    knob,
+    log_ramp,
+    lr_advice,
+    model_size,
+    phases,
+    ramp,
+    require,
+    score,
+    segment,
+    step_values,
+    train_loss,
+    update_ratios,
+    windowed_medians,
+)
+from mlflow_audiodiag.diagnosis.rules.registry import Context, MissingSignal, rule
+from mlflow_audiodiag.diagnosis.thresholds import Thresholds
+
+NO_WEIGHT_UPDATES = "no_weight_updates"
+EXPLODING_GRADIENTS = "exploding_gradients"
+VANISHING_GRADIENTS = "vanishing_gradients"
+LR_TOO_HIGH = "lr_too_high"
+LR_TOO_LOW = "lr_too_low"
+
+
+def _group_grad_medians(ev: RunEvidence, t: Thresholds) -> dict[str, float]:
+    """Per trainable group (forward order), the median gradient norm of the recent steps."""
+    out = {}
+    for group in ev.groups(S.GRAD_NORM):
+        if is_frozen(ev, group, t):
+            continue
+        rows = step_values(ev, S.GRAD_NORM.key(group=group))
+        if rows is not None:
+            out[group] = float(np.median(rows[-segment(len(rows), t.recent_fraction) :, 1]))
+    return out
+
+
+@rule(
+    NO_WEIGHT_UPDATES,
+    family="optimization",
+    title="Weights not updated",
+    precedence=0,
+    thresholds=("frozen_fraction", "update_ratio_zero", "vanishing_norm"),
+    signals=(S.FROZEN_FRACTION, S.UPDATE_RATIO, S.GRAD_NORM, S.LR),
+    defers_to=("non_finite", LR_TOO_HIGH),
+)
+def no_weight_updates(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
+    """Parameter groups are frozen, or receive gradients but their weights do not change (the
+    optimizer does not step, or its LR is 0)."""
+    frozen = {
+        g: value
+        for g in ev.groups(S.FROZEN_FRACTION)
+        if (value := ev.latest(S.FROZEN_FRACTION.key(group=g))) is not None
+    }
+    ratios = update_ratios(ev, t, trainable_only=False)
+    if not frozen and not ratios:
+        raise MissingSignal(S.UPDATE_RATIO.name)
+    grads = _group_grad_medians(ev, t)
+    frozen_groups = [g for g, value in frozen.items() if value >= t.frozen_fraction]
+    still = [
+        g
+        for g, value in ratios.items()
+        if value <= t.update_ratio_zero and grads.get(g, 1.0) > t.vanishing_norm
+    ]
+    order = ev.groups(S.FROZEN_FRACTION) or list(ratios)
+    stuck = [g for g in order if g in set(frozen_groups) | set(still)]
+    if not stuck:
+        return None
+    groups = set(frozen) | set(ratios)
+    share = len(stuck) / len(groups)
+    output_end = order[-1] if order else None
+    evidence: dict[str, float | str] = {
+        "frozen_groups": ", ".join(frozen_groups),
+        "groups_with_gradients_but_no_updates": ", ".join(still),
+        "stuck_share": share,
+    }
+    evidence.update({f"update_ratio_median/{g}": v for g, v in ratios.items() if g in stuck})
+    lrs = step_values(ev, S.LR.key(param_group=ev.groups(S.LR)[0])) if ev.groups(S.LR) else None
+    if lrs is not None:
+        evidence["lr_last"] = float(lrs[-1, 1])
+    return Finding(
+        code=NO_WEIGHT_UPDATES,
+        severity=Severity.CRITICAL if share == 1.0 or output_end in stuck else Severity.WARNING,
+        title="Weights are not updated in: " + ", ".join(stuck),
+        evidence=evidence,
+        thresholds={"frozen_fraction": t.frozen_fraction, "update_ratio_zero": t.update_ratio_zero},
+        fix=(
+            "Unfreeze the groups that should learn (requires_grad=True; see "
+            "monitor/parameter_groups.json), build the optimizer over model.parameters() after "
+            "any freezing or unfreezing, call optimizer.step() after backward() (an AMP "
+            "GradScaler skips steps with inf gradients), and make sure the learning rate is "
+            "not 0 (lr/<param group> in monitor/steps.parquet)."
+        ),
+        score=score(share),
+    )
+
+
+def _loss_blowup(ev: RunEvidence, t: Thresholds) -> float | None:
+    """Recent / early training loss (inf when the last epoch loss is non-finite)."""
+    epochs = ev.epochs.columns.get(S.TRAIN_LOSS.name)
+    if epochs is not None and len(epochs) >= 2 and not np.isfinite(epochs[-1]):
+        return float("inf") if np.isfinite(epochs).any() else None
+    losses = train_loss(ev)
+    if losses is None:
+        return None
+    losses = finite(losses)
+    early, recent = phases(losses, t)
+    start = float(np.median(early))
+    return float(np.median(recent) / start) if start > 0 else None
+
+
+@rule(
+    EXPLODING_GRADIENTS,
+    family="optimization",
+    title="Exploding gradients",
+    precedence=1,
+    thresholds=("spike_ratio", "growth_ratio", "grad_norm_high", "loss_blowup_ratio"),
+    signals=(S.GRAD_NORM_TOTAL, S.CLIP_MAX_NORM, S.TRAIN_LOSS, S.STEP_LOSS),
+)
+def exploding_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
+    """The total gradient norm (before clipping) grows by an order of magnitude within the run,
+    stays huge, or spikes; ``loss_blowup`` says whether the loss diverged too. Growth counts
+    even when clipping or an adaptive optimizer keeps the updates bounded."""
+    values = require(ev, S.GRAD_NORM_TOTAL, min_points=8)[:, 1]
+    medians = windowed_medians(values)
+    earlier_min = np.minimum.accumulate(medians)
+    growth = (
+        float(np.max(medians[1:] / np.maximum(earlier_min[:-1], 1e-30)))
+        if len(medians) > 1
+        else 1.0
+    )
+    median = float(np.median(values))
+    spike = float(values.max() / median) if median > 0 else float("inf")
+    _, recent = phases(values, t)
+    late = float(np.median(recent))
+    by_spike, by_growth, by_level = (
+        spike >= t.spike_ratio,
+        growth >= t.growth_ratio,
+        late >= t.grad_norm_high,
+    )
+    if not (by_spike or by_growth or by_level):
+        return None
+    loss_ratio = _loss_blowup(ev, t)
+    blowup = loss_ratio is not None and loss_ratio >= t.loss_blowup_ratio
+    clip = clip_norm(ev)
+    evidence: dict[str, float | str] = {
+        "grad_norm_growth": growth,
+        "grad_norm_max_over_median": spike,
+        "grad_norm_recent_median": late,
+        "loss_blowup": float(blowup),
+        "clipping_max_norm": "off" if clip is None else clip,
+    }
+    if loss_ratio is not None:
+        evidence["loss_recent_over_early"] = loss_ratio
+    strength = max(
+        log_ramp(growth, t.growth_ratio, 10 * t.growth_ratio),
+        log_ramp(late, t.grad_norm_high, 10 * t.grad_norm_high),
+        float(blowup),
+        0.5 * log_ramp(spike, t.spike_ratio, 10 * t.spike_ratio),
+    )
+    if blowup or ((by_growth or by_level) and clip is None):
+        severity = Severity.CRITICAL
+    elif by_growth or by_level:
+        severity = Severity.WARNING
+    else:
+        severity = Severity.INFO  # isolated spikes: a symptom of other causes, or harmless
+    what = (
+        f"grow {growth:.0f}x within the run"
+        if by_growth
+        else (f"stay at {late:.3g}" if by_level else f"spike to {spike:.0f}x their median")
+    )
+    return Finding(
+        code=EXPLODING_GRADIENTS,
+        severity=severity,
+        title=f"Gradients explode: norms {what}" + (" and the loss diverges" if blowup else ""),
+        evidence=evidence,
+        thresholds={
+            "spike_ratio": t.spike_ratio,
+            "growth_ratio": t.growth_ratio,
+            "grad_norm_high": t.grad_norm_high,
+            "loss_blowup_ratio": t.loss_blowup_ratio,
+        },
+        fix=(
+            f"{clip_advice(ev).capitalize()}, {lr_advice(ev, 0.3)} and warm it up; use "
+            "normalization layers (LayerNorm/BatchNorm) and a standard initialization; check "
+            "for outlier inputs (monitor/features.json: max) and standardize them."
+        ),
+        score=score(strength),
+    )
+
+
+@rule(
+    VANISHING_GRADIENTS,
+    family="optimization",
+    title="Vanishing gradients",
+    precedence=2,
+    thresholds=("vanishing_ratio", "vanishing_norm", "recent_fraction", "frozen_fraction"),
+    signals=(S.GRAD_NORM, S.FROZEN_FRACTION),
+    defers_to=("non_finite", LR_TOO_HIGH),
+)
+def vanishing_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
+    """The input-end group's recent gradient norm is orders of magnitude below the output
+    end's, or a group's is ~zero (groups in forward order, any architecture)."""
+    medians = _group_grad_medians(ev, t)
+    if not medians:
+        raise MissingSignal(S.GRAD_NORM.name)
+    ordered = list(medians)
+    first, last = ordered[0], ordered[-1]
+    ratio = medians[first] / medians[last] if len(ordered) > 1 and medians[last] > 0 else None
+    smallest = min(medians.values())
+    by_ratio = ratio is not None and ratio < t.vanishing_ratio
+    by_norm = smallest < t.vanishing_norm
+    if not (by_ratio or by_norm):
+        return None
+    evidence: dict[str, float | str] = {f"grad_norm_recent/{g}": v for g, v in medians.items()}
+    evidence["smallest_group_median"] = smallest
+    if ratio is not None:
+        evidence[f"ratio_{first}_to_{last}"] = ratio
+    strength = max(
+        log_ramp(ratio, t.vanishing_ratio, t.vanishing_ratio / 100) if ratio is not None else 0,
+        log_ramp(smallest, t.vanishing_norm, t.vanishing_norm / 100),
+    )
+    all_zero = all(v < t.vanishing_norm for v in medians.values())
+    return Finding(
+        code=VANISHING_GRADIENTS,
+        severity=Severity.CRITICAL if all_zero or strength >= 0.5 else Severity.WARNING,
+        title=(
+            "Gradients vanish: "
+            + (
+                f"{first} (input end) gets {ratio:.1e}x the gradient of {last} (output end)"
+                if by_ratio
+                else f"smallest group gradient norm {smallest:.1e}"
+            )
+        ),
+        evidence=evidence,
+        thresholds={"vanishing_ratio": t.vanishing_ratio, "vanishing_norm": t.vanishing_norm},
+        fix=(
+            "Give gradients a path to the early layers: residual connections and "
+            "normalization layers, ReLU/GELU instead of saturating sigmoid/tanh, a standard "
+            "initialization (no large biases or weights that saturate activations), fewer "
+            "layers"
+            + (f" (the model has {size})" if (size := model_size(ev)) else "")
+            + "; if gradients are zero everywhere, check that the loss depends on the "
+            "parameters (no detach() or torch.no_grad() in the forward pass)."
+        ),
+        score=score(strength),
+    )
+
+
+@rule(
+    LR_TOO_HIGH,
+    family="optimization",
+    title="Learning rate too high",
+    precedence=3,
+    thresholds=(
+        "update_ratio_high",
+        "loss_rise_ratio",
+        "loss_oscillation",
+        "early_fraction",
+        "dead_ratio",
+        "window_epochs",
+    ),
+    signals=(S.UPDATE_RATIO, S.STEP_LOSS, S.TRAIN_LOSS, S.GRAD_NORM_TOTAL, S.LR),
+)
+def lr_too_high(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
+    """Updates far above ~1e-2 of the weights per step; or an early blow-up (the loss jumps in
+    the first steps, after which the gradients die); or a training loss that rises or
+    oscillates from epoch to epoch."""
+    ratios = update_ratios(ev, t, trainable_only=True)
+    early_ratio = _early_fastest_ratio(ev, t)
+    blowup = _early_blowup(ev, t)
+    epoch_losses = ev.values(S.TRAIN_LOSS.name)
+    if not ratios and blowup is None and epoch_losses is None:
+        raise MissingSignal(S.UPDATE_RATIO.name)
+    ratio = max(ratios.values()) if ratios else None
+    by_ratio = ratio is not None and ratio >= t.update_ratio_high
+    by_early = early_ratio is not None and early_ratio >= t.update_ratio_high
+    rise, oscillation = _epoch_loss_instability(epoch_losses, t)
+    by_rise = rise is not None and rise >= t.loss_rise_ratio
+    by_oscillation = oscillation is not None and oscillation >= t.loss_oscillation
+    blown = blowup is not None and (blowup["loss_rise"] >= t.loss_rise_ratio or blowup["died"])
+    if not (by_ratio or by_early or blown or by_rise or by_oscillation):
+        return None
+    evidence: dict[str, float | str] = {}
+    if ratio is not None:
+        evidence["update_ratio_fastest_group"] = ratio
+    if early_ratio is not None:
+        evidence["update_ratio_fastest_group_early"] = early_ratio
+    if blowup is not None:
+        evidence.update({f"early_{k}": v for k, v in blowup.items()})
+    if rise is not None:
+        evidence["train_loss_window_over_earlier_min"] = rise
+        evidence["train_loss_upward_moves"] = oscillation
+    strength = max(
+        log_ramp(max(ratio or 0, early_ratio or 0), t.update_ratio_high, 10 * t.update_ratio_high),
+        float(blown),
+        0.5 * ramp(rise or 0.0, t.loss_rise_ratio, 2 * t.loss_rise_ratio),
+        0.5 * ramp(oscillation or 0.0, t.loss_oscillation, 3 * t.loss_oscillation),
+    )
+    if blown:
+        reason = "an early blow-up wrecked the weights" + (
+            f" at step {blowup['onset_step']:g}" if blowup and "onset_step" in blowup else ""
+        )
+    elif by_ratio or by_early:
+        reason = f"weights change by {max(ratio or 0, early_ratio or 0):.1e} of their norm per step"
+    else:
+        reason = "the training loss " + ("rises" if by_rise else "oscillates")
+    unstable = blown or strength >= 1.0 or ((by_ratio or by_early) and (by_rise or by_oscillation))
+    return Finding(
+        code=LR_TOO_HIGH,
+        severity=Severity.CRITICAL if unstable else Severity.WARNING,
+        title=f"Learning rate too high: {reason}",
+        evidence=evidence,
+        thresholds={
+            "update_ratio_high": t.update_ratio_high,
+            "loss_rise_ratio": t.loss_rise_ratio,
+            "loss_oscillation": t.loss_oscillation,
+            "dead_ratio": t.dead_ratio,
+        },
+        fix=(
+            f"{lr_advice(ev, 0.1).capitalize()}; warm it up over the first epochs and decay "
+            f"it (warmup + cosine, or ReduceLROnPlateau on the val loss), and {clip_advice(ev)}."
+        ),
+        score=score(strength),
+    )
+
+
+def _early_fastest_ratio(ev: RunEvidence, t: Thresholds) -> float | None:
+    """The fastest group's median update ratio over the early steps."""
+    best = None
+    for group in ev.groups(S.UPDATE_RATIO):
+        if is_frozen(ev, group, t):
+            continue
+        rows = step_values(ev, S.UPDATE_RATIO.key(group=group))
+        if rows is None or len(rows) < 8:
+            continue
+        early, _ = phases(rows[:, 1], t)
+        value = float(np.median(early))
+        best = value if best is None else max(best, value)
+    return best
+
+
+def _early_blowup(ev: RunEvidence, t: Thresholds) -> dict[str, float] | None:
+    """How the first steps went: the loss's rise over its start, and whether the gradients
+    died afterwards (recent norm below ``dead_ratio`` of the early peak, loss not below its
+    start)."""
+    loss_rows = step_values(ev, S.STEP_LOSS.name)
+    grad_rows = step_values(ev, S.GRAD_NORM_TOTAL.name)
+    if loss_rows is None or len(loss_rows) < 10:
+        return None
+    losses = loss_rows[:, 1]
+    start = float(np.median(losses[:3]))
+    early, recent = phases(losses, t)
+    smooth = np.convolve(early, np.ones(3) / 3, mode="valid") if len(early) >= 3 else early
+    peak_at = int(np.argmax(smooth))
+    out = {
+        "loss_start": start,
+        "loss_rise": float(smooth.max() / start) if start > 0 else 0.0,
+        "died": 0.0,
+    }
+    if out["loss_rise"] >= t.loss_rise_ratio:
+        out["onset_step"] = float(loss_rows[min(peak_at + 1, len(loss_rows) - 1), 0])
+    if grad_rows is not None and len(grad_rows) >= 10:
+        grads = grad_rows[:, 1]
+        early_grads, recent_grads = phases(grads, t)
+        peak, late = float(early_grads.max()), float(np.median(recent_grads))
+        out["grad_norm_recent_over_early_peak"] = late / peak if peak > 0 else 1.0
+        no_learning = float(np.median(recent)) >= 0.9 * start
+        out["died"] = float(peak > 0 and late <= t.dead_ratio * peak and no_learning)
+    return out
+
+
+def _epoch_loss_instability(
+    losses: np.ndarray | None, t: Thresholds
+) -> tuple[float | None, float | None]:
+    """Window-median train loss over the lowest loss before the window, and the sum of the
+    window's upward moves over the first loss."""
+    if losses is None:
+        return None, None
+    losses = finite(losses)
+    if len(losses) < max(3, t.window_epochs // 2) or losses.min() <= 0 or losses[0] <= 0:
+        return None, None
+    window = losses[-t.window_epochs :]
+    before = losses[: -t.window_epochs] if len(losses) > t.window_epochs else losses[:1]
+    rise = float(np.median(window) / before.min())
+    upward = np.clip(np.diff(losses[-t.window_epochs - 1 :]), 0.0, None).sum()
+    return rise, float(upward / losses[0])
+
+
+@rule(
+    LR_TOO_LOW,
+    family="optimization",
+    title="Learning rate too low",
+    precedence=4,
+    thresholds=("update_ratio_low", "update_ratio_zero", "loss_flat_change", "lr_active_fraction"),
+    signals=(S.UPDATE_RATIO, S.TRAIN_LOSS, S.STEP_LOSS, S.LR),
+)
+def lr_too_low(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
+    """Update/weight ratios far below ~1e-3 while the training loss barely moves."""
+    ratios = update_ratios(ev, t, trainable_only=True)
+    if not ratios:
+        raise MissingSignal(S.UPDATE_RATIO.name)
+    losses = train_loss(ev)
+    if losses is None:
+        raise MissingSignal(S.TRAIN_LOSS.name)
+    ratio = max(ratios.values())
+    losses = finite(losses)
+    drop = float((losses[0] - losses.min()) / losses[0]) if losses[0] > 0 else 0.0
+    if not (t.update_ratio_zero < ratio < t.update_ratio_low and drop < t.loss_flat_change):
+        return None
+    return Finding(
+        code=LR_TOO_LOW,
+        severity=Severity.WARNING,
+        title=f"Learning rate too low: weights move by at most {ratio:.1e} of their norm per step",
+        evidence={
+            "update_ratio_fastest_group": ratio,
+            **{f"update_ratio_median/{g}": v for g, v in ratios.items()},
+            "train_loss_relative_drop": drop,
+        },
+        thresholds={
+            "update_ratio_low": t.update_ratio_low,
+            "update_ratio_zero": t.update_ratio_zero,
+            "loss_flat_change": t.loss_flat_change,
+        },
+        fix=(
+            f"{lr_advice(ev, 10.0).capitalize()}: per-step update/weight ratios around 1e-3 "
+            "are typical. Make sure a schedule does not decay it too early ("
+            + knob(
+                ev,
+                "ReduceLROnPlateau lowers it only when the val loss stops improving",
+                "scheduler",
+                "plateau",
+            )
+            + ")."
+        ),
+        score=score(log_ramp(ratio, t.update_ratio_low, t.update_ratio_low / 100)),
+    )

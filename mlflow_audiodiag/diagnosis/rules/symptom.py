@@ -1,0 +1,133 @@
+"""The symptom: validation accuracy that does not move, judged against the run's own
+majority baseline, its sampling noise, its best epoch and the causes found."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlflow_audiodiag import signals as S
+from mlflow_audiodiag.diagnosis.evidence import RunEvidence
+from mlflow_audiodiag.diagnosis.findings import Finding, Severity
+from mlflow_audiodiag.diagnosis.rules.common import (
+    annealed,
+    learned,
+    noise,
+    plateau_rows,
+    require_epochs,
+    score,
+    val_clips,
+)
+from mlflow_audiodiag.diagnosis.rules.registry import REGISTRY, Context, rule
+from mlflow_audiodiag.diagnosis.thresholds import Thresholds
+
+STAGNANT_VALIDATION = "stagnant_validation"
+
+
+@rule(
+    STAGNANT_VALIDATION,
+    family="symptom",
+    title="Stagnant validation",
+    precedence=0,
+    thresholds=(
+        "min_epochs",
+        "window_epochs",
+        "flat_range",
+        "flat_slope",
+        "flat_noise_sigmas",
+        "repeat_fraction",
+        "min_improvement",
+        "lr_active_fraction",
+    ),
+    signals=(S.VAL_ACCURACY, S.MAJORITY_BASELINE, S.LABEL_N, S.LR, S.EPOCH_LAST_STEP),
+    symptom=True,
+)
+def stagnant_validation(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
+    """Validation accuracy never rose clearly above the majority baseline (critical), or it
+    learned and then went flat while a cause fired (warning); flat after learning with no
+    cause is convergence (info). Flat means: by range and slope within the sampling noise of
+    the val set, or exactly repeated, over the last epochs at an active learning rate."""
+    acc = require_epochs(ev, S.VAL_ACCURACY, t)
+    val_learned, figures = learned(ev, t)
+    rows = plateau_rows(ev, S.VAL_ACCURACY, t)
+    flat, shape = _flat(ev, t, rows)
+    if val_learned and not flat:
+        return None
+    causes = [
+        code
+        for code, finding in ctx.found.items()
+        if finding.severity != Severity.INFO
+        and code in REGISTRY
+        and REGISTRY[code].plateau_cause
+        and not REGISTRY[code].symptom
+    ]
+    window = f"epochs {rows[0, 0]:g}-{rows[-1, 0]:g}"
+    level = float(rows[:, 1].mean())
+    evidence: dict[str, float | str] = {
+        "epochs": float(len(acc)),
+        "window": window,
+        "val_accuracy_mean": level,
+        "first_val_accuracy": float(acc[0]),
+        "best_val_accuracy": float(acc.max()),
+        **figures,
+        **shape,
+    }
+    if annealed(ev, t):
+        evidence["lr_annealed"] = "yes: the schedule explains a late plateau"
+    if not val_learned:
+        severity = Severity.CRITICAL
+        title = (
+            f"Validation accuracy never rises above the majority baseline "
+            f"({figures['baseline']:.3f}): {level:.3f} over {window}"
+        )
+    elif causes:
+        severity = Severity.WARNING
+        title = f"Validation accuracy is flat at {level:.3f} over {window}"
+        evidence["causes"] = ", ".join(causes)
+    else:
+        severity = Severity.INFO
+        title = f"Converged: validation accuracy settled at {level:.3f} over {window}"
+    return Finding(
+        code=STAGNANT_VALIDATION,
+        severity=severity,
+        title=title,
+        evidence=evidence,
+        thresholds={
+            "flat_range": float(shape["flat_range_limit"]),
+            "flat_slope": float(shape["flat_slope_limit"]),
+            "repeat_fraction": t.repeat_fraction,
+            "min_improvement": t.min_improvement,
+        },
+        fix=(
+            "This is the symptom; the cause findings ranked with it say why. Judge progress "
+            "against the majority baseline (data/val_majority_accuracy) and by "
+            "val/balanced_accuracy and val/macro_f1 as well."
+        ),
+        score=score(1.0 if not val_learned else 0.5),
+    )
+
+
+def _flat(ev: RunEvidence, t: Thresholds, rows: np.ndarray) -> tuple[bool, dict[str, float]]:
+    """Whether a window of val accuracies is flat by range and slope within the sampling
+    noise of the val set, or exactly repeated; and the figures."""
+    window = rows[:, 1]
+    spread = float(window.max() - window.min())
+    slope = float(np.polyfit(rows[:, 0], window, 1)[0]) if len(rows) > 1 else 0.0
+    _, counts = np.unique(window, return_counts=True)
+    repeat = float(counts.max() / len(window))
+    sigma = noise(ev, float(window.mean()))
+    max_range = max(t.flat_range, t.flat_noise_sigmas * sigma)
+    max_slope = t.flat_slope
+    spread_x = float(np.sqrt(np.sum((rows[:, 0] - rows[:, 0].mean()) ** 2)))
+    if spread_x > 0:  # standard error of a least-squares slope through pure noise
+        max_slope = max(max_slope, 0.5 * t.flat_noise_sigmas * sigma / spread_x)
+    flat = (spread <= max_range and abs(slope) <= max_slope) or repeat >= t.repeat_fraction
+    figures = {
+        "val_accuracy_range": spread,
+        "val_accuracy_slope": slope,
+        "repeat_share": repeat,
+        "flat_range_limit": max_range,
+        "flat_slope_limit": max_slope,
+    }
+    if val_clips(ev):
+        figures["val_accuracy_noise"] = sigma
+    return flat, figures
