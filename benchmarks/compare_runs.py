@@ -43,7 +43,7 @@ def _log_runs(client: MlflowClient, experiment_id: str, n: int) -> None:
         metrics += [
             Metric(schema.METRIC_BEST_VAL_ACCURACY, max(curve), start, 0),
             Metric("val/balanced_accuracy", max(curve) - 0.05, start, 0),
-            Metric(schema.METRIC_MAJORITY_BASELINE, 0.125, start, 0),
+            Metric("data/val_majority_accuracy", 0.125, start, 0),
         ]
         findings = [cause, "stagnant_validation"] if verdict == "stagnant" else [cause]
         tags = [

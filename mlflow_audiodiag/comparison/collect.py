@@ -10,7 +10,7 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlflow_audiodiag import schema
+from mlflow_audiodiag import schema, signals
 from mlflow_audiodiag.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -68,9 +68,11 @@ def summarize(run: Run, experiment_name: str) -> RunSummary:
         status=run.info.status,
         wall_seconds=wall,
         params={name: params[key] for name, key in KEY_PARAMS.items() if key in params},
-        best_val_accuracy=metrics.get(schema.METRIC_BEST_VAL_ACCURACY),
-        val_balanced_accuracy=metrics.get(schema.split_metric("val", "balanced_accuracy")),
-        majority_baseline=metrics.get(schema.METRIC_MAJORITY_BASELINE),
+        best_val_accuracy=metrics.get(
+            schema.METRIC_BEST_VAL_ACCURACY, metrics.get(signals.VAL_ACCURACY.name)
+        ),
+        val_balanced_accuracy=metrics.get(signals.VAL_BALANCED_ACCURACY.name),
+        majority_baseline=metrics.get(signals.MAJORITY_BASELINE.name),
         verdict=tags.get(schema.TAG_VERDICT, NOT_DIAGNOSED),
         primary_cause=None if cause in (None, "", "none") else cause,
         findings=[f for f in findings.split(",") if f and f != "none"],

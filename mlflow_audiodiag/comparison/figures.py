@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from mlflow_audiodiag.comparison.collect import RunSummary
-from mlflow_audiodiag.diagnosis.findings import FINDING_CODES
+from mlflow_audiodiag.diagnosis.rules import FINDING_CODES
 
 VERDICT_COLORS = {
     "healthy": "#1a7f37",

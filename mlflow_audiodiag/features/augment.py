@@ -267,16 +267,21 @@ def mixup(
     targets: torch.Tensor,
     alpha: float,
     generator: torch.Generator | None = None,
+    weight: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Mix each example with a permuted batch-mate: ``lam * x + (1 - lam) * x[perm]``.
 
-    ``lam ~ Beta(alpha, alpha)``; the loss is ``lam * loss(targets_a) + (1 - lam) *
-    loss(targets_b)``. ``alpha <= 0`` returns the batch unchanged with ``lam = 1``.
+    ``lam ~ Beta(alpha, alpha)`` (or ``weight`` when given); the loss is ``lam *
+    loss(targets_a) + (1 - lam) * loss(targets_b)``. ``alpha <= 0`` without ``weight`` returns
+    the batch unchanged with ``lam = 1``.
     """
-    if alpha <= 0:
+    if alpha <= 0 and weight is None:
         return features, targets, targets, 1.0
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    if weight is not None:
+        lam = float(weight)
+    else:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        lam = float(np.random.default_rng(seed).beta(alpha, alpha))
     perm = torch.randperm(features.shape[0], generator=generator).to(features.device)
     mixed = lam * features + (1.0 - lam) * features[perm]
     return mixed, targets, targets[perm.to(targets.device)], lam

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from mlflow_audiodiag import schema
 from mlflow_audiodiag.diagnosis.engine import diagnose
 from mlflow_audiodiag.diagnosis.evidence import RunEvidence, load_evidence
-from mlflow_audiodiag.diagnosis.findings import Diagnosis
+from mlflow_audiodiag.diagnosis.findings import Diagnosis, Severity
 from mlflow_audiodiag.diagnosis.rules import STAGNANT_VALIDATION, Rule
 from mlflow_audiodiag.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from mlflow_audiodiag.reporting.html import render_report
@@ -65,7 +65,8 @@ def write_diagnosis(
     client: MlflowClient, run_id: str, diagnosis: Diagnosis, evidence: RunEvidence
 ) -> None:
     run = client.get_run(run_id)
-    codes = [finding.code for finding in diagnosis.findings]
+    shown = [f for f in diagnosis.findings if f.severity is not Severity.INFO]
+    codes = [finding.code for finding in shown]
     client.set_tag(run_id, schema.TAG_VERDICT, diagnosis.verdict)
     client.set_tag(run_id, schema.TAG_PRIMARY_CAUSE, diagnosis.primary_cause or "none")
     client.set_tag(run_id, schema.TAG_FINDINGS, ",".join(codes) or "none")
@@ -73,7 +74,7 @@ def write_diagnosis(
     previous_note = run.data.tags.get(schema.TAG_NOTE, "")
     client.set_tag(run_id, schema.TAG_NOTE, merge_note(previous_note, summary_markdown(diagnosis)))
     now = int(time.time() * 1000)
-    scores = {f.code: float(f.score) for f in diagnosis.findings}
+    scores = {f.code: float(f.score) for f in shown}
     stale = {
         key.removeprefix(schema.DIAGNOSIS_SCORE_PREFIX)
         for key in run.data.metrics
@@ -112,7 +113,8 @@ def final_state(diagnosis: Diagnosis, evidence: RunEvidence) -> str:
 
 
 def summary_markdown(diagnosis: Diagnosis) -> str:
-    """The short run description: verdict, primary cause with its evidence and fix."""
+    """The short run description: verdict, primary cause with its evidence and fix (findings
+    of severity info, such as a converged plateau, are in the report only)."""
     lines = [f"**audiodiag verdict: {diagnosis.verdict}**"]
     primary = diagnosis.finding(diagnosis.primary_cause) if diagnosis.primary_cause else None
     if primary is not None:
@@ -124,7 +126,11 @@ def summary_markdown(diagnosis: Diagnosis) -> str:
             "",
             f"Fix: {_text(primary.fix)}",
         ]
-    others = [f for f in diagnosis.findings if primary is None or f.code != primary.code]
+    others = [
+        f
+        for f in diagnosis.findings
+        if (primary is None or f.code != primary.code) and f.severity is not Severity.INFO
+    ]
     if others:
         lines += ["", "Other findings: " + ", ".join(f"`{f.code}` ({f.severity})" for f in others)]
     if diagnosis.skipped_checks:

@@ -123,6 +123,8 @@ class FaultConfig:
     ``labels_to_class0``: share of training labels turned into class 0, as when a label
     lookup silently falls back to the first class (e.g. on a case mismatch).
     ``fail_rank``: the (DDP) rank that raises at its first training step; -1: none.
+    ``mixup_weight``: a fixed mixup weight instead of a Beta draw; outside [0, 1] the mixed
+    targets are no probability distribution and the loss can go below zero.
     """
 
     shuffle_labels: bool = False
@@ -133,6 +135,7 @@ class FaultConfig:
     embedding_saturation: float = 0.0
     labels_to_class0: float = 0.0
     fail_rank: int = -1
+    mixup_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.attention_init_scale <= 0:

@@ -122,7 +122,9 @@ class Trainer:
         targets = targets.to(self.device)
         features = self.spec_augment(self.to_features(inputs), generator=self.generator)
         alpha = self.config.augment.mixup_alpha
-        features, targets_a, targets_b, lam = mixup(features, targets, alpha, self.generator)
+        features, targets_a, targets_b, lam = mixup(
+            features, targets, alpha, self.generator, self.config.faults.mixup_weight
+        )
         logits = self.model(features)
         loss = lam * self.loss(logits, targets_a) + (1.0 - lam) * self.loss(logits, targets_b)
         self.optimizer.zero_grad(set_to_none=True)

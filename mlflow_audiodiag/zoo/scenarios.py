@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlflow_audiodiag.diagnosis import findings as codes
+from mlflow_audiodiag.diagnosis import rules as codes
 from mlflow_audiodiag.training.config import TrainConfig
 
 HEALTHY = "healthy"
@@ -103,7 +103,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             codes.LABEL_NOISE,
             codes.LABEL_NOISE,
-            "labels shuffled separately from the clips: each batch's labels permuted",
+            "training labels shuffled once against the clips (a label column shuffled alone)",
             {"shuffle_labels": True, **_LONG},
         ),
         Scenario(
@@ -124,6 +124,12 @@ SCENARIOS: dict[str, Scenario] = {
             codes.UNDERFITTING,
             "a 1-layer, 8-wide transformer over 20-frame patches on a hard task",
             {**_HARD, **_LONG, "dim": 8, "heads": 1, "layers": 1, "patch_frames": 20},
+        ),
+        Scenario(
+            codes.INVALID_TARGETS,
+            codes.INVALID_TARGETS,
+            "mixup with a weight of 1.5 (outside [0, 1]): the mixed targets are no distribution",
+            {"mixup_weight": 1.5},
         ),
         Scenario(
             codes.ATTENTION_COLLAPSE,

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_audiodiag import schema
 from mlflow_audiodiag.cli.main import main
-from mlflow_audiodiag.diagnosis import findings as codes
+from mlflow_audiodiag.diagnosis import rules as codes
 from mlflow_audiodiag.zoo.runner import ZooResult, confusion_markdown, run_scenario, run_zoo
 from mlflow_audiodiag.zoo.scenarios import HEALTHY, SCENARIOS, scenario_options
 

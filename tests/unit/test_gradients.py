@@ -1,5 +1,7 @@
 import math
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,20 @@ def _backward(model: nn.Module, seed: int = 0) -> None:
     F.cross_entropy(model(features), targets).backward()
 
 
+def _records(tracker: GradientTracker) -> list[SimpleNamespace]:
+    """The drained block as one ``(step, metrics)`` record per step, absent values left out."""
+    block = tracker.drain()
+    if block is None:
+        return []
+    return [
+        SimpleNamespace(
+            step=block.first_step + i,
+            metrics={k: float(v[i]) for k, v in block.columns.items() if not np.isnan(v[i])},
+        )
+        for i in range(len(block))
+    ]
+
+
 def _group_grad_norm(groups: ParameterGroups, name: str) -> torch.Tensor:
     grads = [p.grad.reshape(-1) for _, p in groups[name] if p.grad is not None]
     return torch.linalg.vector_norm(torch.cat(grads)) if grads else torch.tensor(0.0)
@@ -37,13 +53,13 @@ def test_group_norms_and_total_norm_before_clipping() -> None:
     expected = {name: _group_grad_norm(groups, name).item() for name in groups}
     total = nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e-3).item()
     tracker.after_step()
-    (record,) = tracker.drain()
+    (record,) = _records(tracker)
     assert record.step == 0
     for name, value in expected.items():
         assert record.metrics[f"grad_norm/{name}"] == pytest.approx(value, rel=1e-5)
     assert record.metrics["grad_norm/total"] == pytest.approx(total, rel=1e-6)
     assert total > 1e-3  # clipping happened after the tracker read the norm
-    assert record.metrics["nonfinite_grads"] == 0.0
+    assert record.metrics["nonfinite/grads"] == 0.0
 
 
 def test_update_ratio_matches_an_explicit_computation() -> None:
@@ -57,7 +73,7 @@ def test_update_ratio_matches_an_explicit_computation() -> None:
     tracker.before_step()
     optimizer.step()
     tracker.after_step()
-    (record,) = tracker.drain()
+    (record,) = _records(tracker)
     for name, params in groups.items():
         old = torch.cat([t.reshape(-1) for t in before[name]])
         new = torch.cat([p.detach().reshape(-1) for _, p in params])
@@ -88,7 +104,7 @@ def test_update_ratios_over_consecutive_steps_match_weight_snapshots(interval: i
         tracker.after_step()
         after = dict(model.named_parameters())
         expected.append({name: _group_ratio(groups, name, before, after) for name in groups})
-    records = tracker.drain()
+    records = _records(tracker)
     for step, (record, ratios) in enumerate(zip(records, expected, strict=True)):
         if step % interval:
             assert not any(key.startswith("update_ratio/") for key in record.metrics)
@@ -111,10 +127,10 @@ def test_frozen_parameters_show_frozen_fraction_and_no_update() -> None:
     tracker.before_step()
     optimizer.step()
     tracker.after_step()
-    (record,) = tracker.drain()
+    (record,) = _records(tracker)
     assert record.metrics["grad_norm/embedding"] == 0.0
     assert record.metrics["update_ratio/embedding"] == 0.0
-    assert record.metrics["update_ratio/encoder.0"] > 0
+    assert record.metrics["update_ratio/encoder.layers.0"] > 0
     assert torch.equal(model.pos_embedding, frozen_before)
 
 
@@ -127,13 +143,13 @@ def test_nonfinite_gradients_are_counted_without_raising() -> None:
     model.encoder.layers[0].linear1.bias.grad[1] = float("inf")
     tracker.after_backward()
     tracker.after_step()
-    (record,) = tracker.drain()
-    metrics = record.metrics
-    assert metrics["nonfinite_grads"] == 2.0
+    block = tracker.drain()
+    metrics = {name: float(values[0]) for name, values in block.columns.items()}
+    assert metrics["nonfinite/grads"] == 2.0
     assert math.isnan(metrics["grad_norm/head"])
-    assert math.isinf(metrics["grad_norm/encoder.0"])
+    assert math.isinf(metrics["grad_norm/encoder.layers.0"])
     assert not math.isfinite(metrics["grad_norm/total"])
-    for name in ("embedding", "encoder.1"):
+    for name in ("embedding", "encoder.layers.1"):
         assert metrics[f"grad_norm/{name}"] == pytest.approx(
             _group_grad_norm(groups, name).item(), rel=1e-5
         )
@@ -146,9 +162,11 @@ def test_missing_gradients_count_as_zero() -> None:
     model[0](torch.randn(5, 3)).sum().backward()  # model[1] gets no gradient
     tracker.after_backward()
     tracker.after_step()
-    (record,) = tracker.drain()
-    assert record.metrics["grad_norm/1"] == 0.0
-    assert record.metrics["grad_norm/0"] == pytest.approx(_group_grad_norm(groups, "0").item())
+    (record,) = _records(tracker)
+    assert record.metrics["grad_norm/linear.1"] == 0.0
+    assert record.metrics["grad_norm/linear.0"] == pytest.approx(
+        _group_grad_norm(groups, "linear.0").item()
+    )
 
 
 def test_drain_returns_steps_in_order_across_automatic_drains() -> None:
@@ -166,14 +184,14 @@ def test_drain_returns_steps_in_order_across_automatic_drains() -> None:
         tracker.after_step()
     _backward(model, seed=99)
     tracker.after_backward()  # an unfinished step is not drained
-    records = tracker.drain()
+    records = _records(tracker)
     assert [r.step for r in records] == list(range(7))
     for record, total in zip(records, totals, strict=True):
         assert record.metrics["grad_norm/total"] == pytest.approx(total, rel=1e-6)
         assert record.metrics["update_ratio/head"] > 0
-    assert tracker.drain() == []
+    assert _records(tracker) == []
     tracker.after_step()
-    assert [r.step for r in tracker.drain()] == [7]
+    assert [r.step for r in _records(tracker)] == [7]
     assert tracker.steps == 8
 
 
@@ -187,7 +205,7 @@ def test_update_tracking_can_be_skipped() -> None:
     tracker.after_step()
     tracked = GradientTracker(model, groups)
     tracked.after_step()  # no before_step: no update ratio for this step
-    ((record,), (untracked,)) = tracker.drain(), tracked.drain()
+    ((record,), (untracked,)) = _records(tracker), _records(tracked)
     assert not any(key.startswith("update_ratio/") for key in record.metrics)
     assert "grad_norm/total" in record.metrics
     assert untracked.metrics == {}
@@ -199,12 +217,12 @@ def test_model_without_trainable_parameters() -> None:
     tracker.after_backward()
     tracker.before_step()
     tracker.after_step()
-    (record,) = tracker.drain()
+    (record,) = _records(tracker)
     assert record.metrics == {
-        "grad_norm/0": 0.0,
+        "grad_norm/linear.0": 0.0,
         "grad_norm/total": 0.0,
-        "nonfinite_grads": 0.0,
-        "update_ratio/0": 0.0,
+        "nonfinite/grads": 0.0,
+        "update_ratio/linear.0": 0.0,
     }
 
 
@@ -218,7 +236,7 @@ def test_update_interval_measures_every_kth_step() -> None:
         tracker.before_step()
         optimizer.step()
         tracker.after_step()
-    measured = [r.step for r in tracker.drain() if "update_ratio/head" in r.metrics]
+    measured = [r.step for r in _records(tracker) if "update_ratio/head" in r.metrics]
     assert measured == [0, 2, 4]
 
 

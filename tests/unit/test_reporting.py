@@ -10,16 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlflow_audiodiag.diagnosis import findings as codes
+from mlflow_audiodiag.diagnosis import rules as codes
 from mlflow_audiodiag.diagnosis.engine import diagnose
 from mlflow_audiodiag.diagnosis.evidence import RunEvidence
 from mlflow_audiodiag.diagnosis.findings import Diagnosis, Finding, Severity
 from mlflow_audiodiag.reporting import plots
 from mlflow_audiodiag.reporting.html import esc, render_report, write_report
-from mlflow_audiodiag.schema import metric_safe
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-GROUPS = ("embedding", "encoder.0", "encoder.1", "head")
+GROUPS = ("embedding", "encoder.layers.0", "encoder.layers.1", "head")
 EPOCHS = 20
 STEPS = 120
 SCRIPT = "<script>alert(1)</script>"
@@ -38,23 +37,20 @@ def stagnant_run() -> RunEvidence:
         "features/raw/train/std": 18.0,
         "features/raw/val/mean": -40.0,
         "features/raw/val/std": 17.0,
-        "features/normalized/train/mean": 0.0,
-        "features/normalized/train/std": 1.0,
-        "features/normalized/val/mean": 0.1,
-        "features/normalized/val/std": 0.9,
-        "features/normalized/train/dynamic_range": 11.0,
+        "features/input/train/mean": 0.0,
+        "features/input/train/std": 1.0,
+        "features/input/val/mean": 0.1,
+        "features/input/val/std": 0.9,
+        "features/input/train/dynamic_range": 11.0,
         "features/raw/train/dynamic_range": 100.0,
-        "feature_shift/normalized/val_vs_train_smd_max": 0.3,
-        "feature_shift/normalized/val_vs_train_smd_mean": 0.1,
+        "feature_shift/input/val_vs_train_smd_max": 0.3,
+        "feature_shift/input/val_vs_train_smd_mean": 0.1,
+        "labels/val/n": 25.0,
         **{f"frozen_fraction/{g}": 0.0 for g in GROUPS},
         **{
-            f"labels/{split}/count/{metric_safe(c)}": n
+            f"labels/{split}/count/{c}": n
             for split, values in counts.items()
             for c, n in zip(CLASSES, values, strict=True)
-        },
-        **{
-            f"val_pred_count/{metric_safe(c)}": n
-            for c, n in zip(CLASSES, [25, 0, 0, 0], strict=True)
         },
     }
     steps: dict[str, list[float]] = {
@@ -74,10 +70,15 @@ def stagnant_run() -> RunEvidence:
             "train/loss": [1.30, 1.29] * (EPOCHS // 2),
             "val/loss": [1.3] * EPOCHS,
             "val_pred/top_class_fraction": [1.0] * EPOCHS,
+            **{
+                f"val_pred_count/{c}": [n] * EPOCHS
+                for c, n in zip(CLASSES, [25, 0, 0, 0], strict=True)
+            },
         },
         steps=steps,
         summary=summary,
         params={"optim.lr": "1e-6"},
+        group_order=GROUPS,
     )
 
 
@@ -123,7 +124,7 @@ def test_save_all_writes_every_figure_as_png(
     run: tuple[RunEvidence, Diagnosis], tmp_path: Path
 ) -> None:
     evidence, diagnosis = run
-    written = plots.save_all(evidence, diagnosis, tmp_path / "plots", classes=CLASSES)
+    written = plots.save_all(evidence, diagnosis, tmp_path / "plots")
     assert list(written) == list(plots.FILES)
     assert sorted(p.name for p in written.values()) == sorted(plots.FILES.values())
     for path in written.values():
@@ -139,32 +140,40 @@ def test_missing_signals_give_fewer_figures_without_errors(tmp_path: Path) -> No
     empty = RunEvidence()
     assert plots.save_all(empty, diagnose(empty), tmp_path / "none") == {}
     assert plots.training_curves(empty, None) is None
-    assert plots.gradient_heatmap(empty) is None
+    assert plots.gradient_norms(empty) is None
+    assert plots.update_ratios(empty) is None
     assert plots.lr_curve(empty) is None
-    assert plots.label_and_prediction_histograms(empty, CLASSES) is None
+    assert plots.label_and_prediction_histograms(empty) is None
     assert plots.feature_statistics(empty) is None
 
-    # Zero or non-finite gradient norms are left blank rather than failing.
+    # Zero or non-finite gradient norms are left out rather than failing.
     odd = RunEvidence.from_values(steps={"grad_norm/head": [0.0, np.nan, 1.0], "lr/0": [0.0]})
-    assert plots.gradient_heatmap(odd) is not None
+    assert plots.gradient_norms(odd) is not None
     assert plots.lr_curve(odd) is not None
 
 
-def test_gradient_heatmap_puts_early_layers_on_top(run: tuple[RunEvidence, Diagnosis]) -> None:
-    fig = plots.gradient_heatmap(run[0])
-    ax = fig.axes[0]
-    labels = [t.get_text() for t in ax.get_yticklabels()]
-    positions = dict(zip(labels, ax.get_yticks(), strict=True))
-    assert positions["embedding"] < positions["head"]
-    assert ax.yaxis_inverted()  # row 0 (embedding) at the top
+def test_step_plots_use_log_axes_and_forward_order(run: tuple[RunEvidence, Diagnosis]) -> None:
+    for figure in (plots.update_ratios(run[0]), plots.gradient_norms(run[0])):
+        ax = figure.axes[0]
+        assert ax.get_yscale() == "log"
+        labels = [
+            line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")
+        ]
+        assert labels == list(GROUPS)  # the input end first
+
+
+def test_long_runs_plot_at_most_a_thousand_points_per_line() -> None:
+    steps = {"update_ratio/a": list(np.geomspace(1e-2, 1e-4, 50_000))}
+    figure = plots.update_ratios(RunEvidence.from_values(steps=steps))
+    assert len(figure.axes[0].get_lines()[0].get_xdata()) <= plots.MAX_COLUMNS
 
 
 def test_report_shows_verdict_primary_cause_fix_findings_and_images(
     run: tuple[RunEvidence, Diagnosis], tmp_path: Path
 ) -> None:
     evidence, diagnosis = run
-    images = plots.save_all(evidence, diagnosis, tmp_path, classes=CLASSES)
-    page = render_report(diagnosis, evidence, "baseline-run", images, classes=CLASSES)
+    images = plots.save_all(evidence, diagnosis, tmp_path)
+    page = render_report(diagnosis, evidence, "baseline-run", images)
     primary = diagnosis.finding(diagnosis.primary_cause)
     assert "baseline-run" in page
     assert esc(diagnosis.verdict) in page
@@ -205,8 +214,8 @@ def test_markup_in_names_findings_and_reasons_is_escaped(
     )
     diagnosis.skipped_checks[codes.ATTENTION_COLLAPSE] = f"{SCRIPT}: not logged"
     evidence.run_id = IMG
-    images = plots.save_all(evidence, diagnosis, tmp_path, classes=CLASSES)
-    page = render_report(diagnosis, evidence, f"run {SCRIPT}{IMG}", images, classes=CLASSES)
+    images = plots.save_all(evidence, diagnosis, tmp_path)
+    page = render_report(diagnosis, evidence, f"run {SCRIPT}{IMG}", images)
 
     assert SCRIPT not in page and IMG not in page
     assert "<script" not in page.lower()

@@ -1,7 +1,8 @@
-"""DurableMetricLogger against a real local sqlite tracking store (and a dead HTTP address)."""
+"""DurableRunLogger against a real local sqlite tracking store (and a dead HTTP address)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -10,20 +11,22 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from support.mlflow_server import free_port
+from support.processes import run_process
 
-from mlflow_audiodiag.monitoring import delivery as delivery_module
-from mlflow_audiodiag.monitoring import spool as spool_module
+from mlflow_audiodiag.cli.server import free_port
+from mlflow_audiodiag.monitoring import spool
 from mlflow_audiodiag.monitoring.sink import (
-    DurableMetricLogger,
+    DurableRunLogger,
     SinkConfig,
     default_spool_root,
+    recover,
+    validate_key,
 )
 
 SINK_LOGGER = "mlflow_audiodiag.monitoring.sink"
@@ -49,31 +52,20 @@ def run_id(client: MlflowClient) -> str:
 
 
 def manual(tmp_path: Path, **overrides) -> SinkConfig:
-    return SinkConfig(delivery="caller", spool_dir=tmp_path / "spool", **overrides)
+    """Delivery only in flush()/close(), with its own spool root."""
+    return SinkConfig(threaded=False, spool_root=tmp_path / "spool", **overrides)
 
 
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float, int]]:
     return sorted((m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, key))
 
 
-def run_dying_trainer(script: str, run_id: str, spool: Path) -> None:
-    """Runs ``script`` (it logs to ``run_id`` and dies with status 3) in a new process."""
-    child = subprocess.run(
-        [sys.executable, "-c", script, run_id, str(spool)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=os.environ.copy(),
-    )
-    assert child.returncode == 3, child.stderr
-
-
-def spool_files(directory: Path) -> list[Path]:
-    return sorted(directory.glob("metrics-*")) if directory.exists() else []
+def artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    return sorted(a.path for a in client.list_artifacts(run_id, path))
 
 
 def test_points_arrive_with_their_steps_values_and_timestamps(client, run_id, tmp_path) -> None:
-    sink = DurableMetricLogger(run_id, client, manual(tmp_path))
+    sink = DurableRunLogger(run_id, client, manual(tmp_path))
     sink.log("train/loss", 0.5, step=0, timestamp_ms=1_000)
     sink.log_many({"train/loss": 0.25, "train/accuracy": 0.75}, step=1, timestamp_ms=2_000)
     before = int(time.time() * 1000)
@@ -89,12 +81,11 @@ def test_points_arrive_with_their_steps_values_and_timestamps(client, run_id, tm
     assert history(client, run_id, "train/accuracy") == [(1, 0.75, 2_000)]
     assert (sink.points_logged, sink.points_delivered, sink.pending) == (4, 4, 0)
     assert sink.tracking_calls == 1
-    assert sink.flush_seconds > 0
     assert sink.close()
 
 
 def test_batches_hold_at_most_max_batch_points(client, run_id, tmp_path) -> None:
-    sink = DurableMetricLogger(run_id, client, manual(tmp_path, max_batch=7))
+    sink = DurableRunLogger(run_id, client, manual(tmp_path, max_batch=7))
     for step in range(25):
         sink.log("m", float(step), step)
     assert sink.flush()
@@ -103,287 +94,193 @@ def test_batches_hold_at_most_max_batch_points(client, run_id, tmp_path) -> None
     assert sink.close()
 
 
-def test_spool_records_points_and_acks_then_is_removed(client, run_id) -> None:
-    sink = DurableMetricLogger(run_id, client, SinkConfig(delivery="caller"))
-    assert sink.spool_dir == default_spool_root() / run_id
+def test_the_spool_holds_points_and_acks_and_is_removed_once_delivered(client, run_id) -> None:
+    sink = DurableRunLogger(run_id, client, SinkConfig(threaded=False))
+    assert sink.folder.parent == default_spool_root() / run_id
     sink.log_many({"a": 1.0, "b": 2.0}, step=3, timestamp_ms=42)
     assert sink.flush()
-    lines = sink.spool_path.read_text().splitlines()
-    assert json.loads(lines[0])["run_id"] == run_id
-    assert [json.loads(line) for line in lines[1:]] == [["a", 1.0, 42, 3], ["b", 2.0, 42, 3]]
-    assert sink.ack_path.read_text().split() == ["2"]
+    lines = (sink.folder / spool.METRICS).read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [["a", 1.0, 42, 3], ["b", 2.0, 42, 3]]
+    assert (sink.folder / spool.METRICS_ACKED).read_text().split() == ["2"]
+    assert json.loads((sink.folder / spool.HEADER).read_text())["run_id"] == run_id
 
     assert sink.close()
-    assert not sink.spool_path.exists() and not sink.ack_path.exists()
-    assert not sink.spool_dir.exists()
+    assert not sink.folder.exists() and not sink.folder.parent.exists()
 
 
-def test_background_thread_delivers_on_its_own(client, run_id, tmp_path) -> None:
-    config = SinkConfig(flush_interval_s=0.05, spool_dir=tmp_path / "spool")
-    with DurableMetricLogger(run_id, client, config) as sink:
-        for step in range(20):
-            sink.log("m", step * 0.5, step)
-        deadline = time.monotonic() + 60  # the delivery process may still be starting
-        while sink.points_delivered < 20 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert sink.points_delivered == 20
-    assert len(history(client, run_id, "m")) == 20
-    assert spool_files(tmp_path / "spool") == []
-
-
-def test_a_full_batch_is_sent_before_the_flush_interval(client, run_id, tmp_path) -> None:
-    config = SinkConfig(flush_interval_s=60.0, max_batch=10, spool_dir=tmp_path / "spool")
-    sink = DurableMetricLogger(run_id, client, config)
-    for step in range(10):
-        sink.log("m", 1.0, step)
-    deadline = time.monotonic() + 60  # the delivery process may still be starting
-    while sink.points_delivered < 10 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert sink.points_delivered == 10
-    assert sink.close(timeout_s=10)
-
-
-def test_concurrent_loggers_lose_and_duplicate_nothing(client, run_id, tmp_path) -> None:
-    config = SinkConfig(flush_interval_s=0.01, max_batch=50, spool_dir=tmp_path / "spool")
-    sink = DurableMetricLogger(run_id, client, config)
-
-    def produce(key: str) -> None:
-        for step in range(200):
-            sink.log(key, float(step), step)
-
-    threads = [threading.Thread(target=produce, args=(f"t{i}",)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sink.close(timeout_s=30)
-    assert sink.points_logged == sink.points_delivered == 800
-    for i in range(4):
-        assert [step for step, _, _ in history(client, run_id, f"t{i}")] == list(range(200))
-
-
-def test_invalid_metric_names_fail_at_log_time(client, run_id, tmp_path) -> None:
-    sink = DurableMetricLogger(run_id, client, manual(tmp_path))
-    for bad in ("", "a//b", "../up", "/abs", 'quote"d', "x" * 251):
-        with pytest.raises(ValueError):
-            sink.log(bad, 1.0, 0)
-    assert sink.pending == 0
-    assert sink.close()
-
-
-CRASHING_TRAINER = textwrap.dedent(
-    """
-    import os, sys
-    from mlflow.tracking import MlflowClient
-    from mlflow_audiodiag.monitoring.sink import DurableMetricLogger, SinkConfig
-
-    run_id, spool = sys.argv[1], sys.argv[2]
-    config = SinkConfig(delivery="caller", flush_interval_s=0.0, spool_dir=spool)
-    sink = DurableMetricLogger(run_id, MlflowClient(), config)
-    for step in range(10):
-        sink.log("loss", 1.0 / (step + 1), step)
+def test_tables_tags_artifacts_and_the_end_of_the_run_arrive(client, run_id, tmp_path) -> None:
+    sink = DurableRunLogger(run_id, client, manual(tmp_path))
+    sink.append_rows("steps", pd.DataFrame({"step": [1, 2], "loss": [0.5, 0.4]}))
+    parts = sorted((sink.folder / spool.TABLES / "steps").glob("part-*.parquet"))
+    assert len(parts) == 1  # on disk when append_rows returns
+    sink.append_rows("steps", pd.DataFrame({"step": [3], "loss": [0.3]}))
+    sink.write_json("summary", {"labels/train/n": 10.0})
+    sink.set_tag("audiodiag.live", "watching")
+    sink.set_tag("audiodiag.live", "progressing")  # the latest value wins
+    sink.log_text("hello", "notes/readme.txt")
+    sink.publish()
     assert sink.flush()
-    for step in range(10, 15):
-        sink.log("loss", 1.0 / (step + 1), step)
-    os._exit(3)  # dies without close(): points 10..14 were never sent
-    """
-)
+    assert artifacts(client, run_id, "monitor") == ["monitor/summary.json"]  # published early
+    assert client.get_run(run_id).data.tags["audiodiag.live"] == "progressing"
+
+    sink.end_run("FINISHED")
+    assert sink.close()
+    assert artifacts(client, run_id, "monitor") == ["monitor/steps.parquet", "monitor/summary.json"]
+    steps = pd.read_parquet(client.download_artifacts(run_id, "monitor/steps.parquet", tmp_path))
+    assert steps["step"].tolist() == [1, 2, 3]
+    assert Path(client.download_artifacts(run_id, "notes/readme.txt", tmp_path)).read_text() == (
+        "hello"
+    )
+    assert client.get_run(run_id).info.status == "FINISHED"
 
 
-@pytest.mark.parametrize("acks_survive", [True, False], ids=["acks", "acks-lost"])
-def test_recover_resends_an_abandoned_spool_exactly_once(
-    client, run_id, tmp_path, acks_survive
-) -> None:
-    spool = tmp_path / "spool"
-    run_dying_trainer(CRASHING_TRAINER, run_id, spool)
-    assert [step for step, _, _ in history(client, run_id, "loss")] == list(range(10))
-    (ack,) = spool.glob("*.acked")
-    if not acks_survive:
-        ack.unlink()  # as if the process died between delivering and recording it
-
-    sent = DurableMetricLogger.recover(spool, client)
-
-    assert sent == (5 if acks_survive else 15)
-    loss = history(client, run_id, "loss")
-    assert [step for step, _, _ in loss] == list(range(15))  # no duplicates
-    assert [value for _, value, _ in loss] == pytest.approx([1 / (s + 1) for s in range(15)])
-    assert spool_files(spool) == []
-    assert DurableMetricLogger.recover(spool, client) == 0
+def test_invalid_metric_names_are_rejected_at_log_time() -> None:
+    validate_key("val/accuracy")
+    for bad in ("", "a" * 251, "../x", "b/", "x<y", "/abs"):
+        with pytest.raises(ValueError, match="metric name"):
+            validate_key(bad)
 
 
-@pytest.mark.parametrize("delivery", ["process", "thread"])
-def test_unreachable_server_costs_the_trainer_nothing(
-    client, run_id, tmp_path, caplog, capfd, delivery
-) -> None:
-    caplog.set_level(logging.INFO, logger=SINK_LOGGER)
-    dead = MlflowClient(f"http://127.0.0.1:{free_port()}")
-    config = SinkConfig(flush_interval_s=0.05, spool_dir=tmp_path / "spool", delivery=delivery)
-    sink = DurableMetricLogger(run_id, dead, config)
-
-    slowest = 0.0
-    for step in range(300):
-        started = time.perf_counter()
-        sink.log_many({"loss": 1.0 / (step + 1), "lr": 1e-3}, step)
-        slowest = max(slowest, time.perf_counter() - started)
-        if step % 100 == 0:
-            time.sleep(0.1)  # let the sender try and fail in between
-    assert slowest < 0.05
-
-    started = time.monotonic()
-    assert sink.flush(timeout_s=1.0) is False
-    assert sink.flush(timeout_s=0.5) is False
-    assert time.monotonic() - started < 5
-    assert sink.points_delivered == 0 and sink.pending == 600
-
-    if delivery == "thread":
-        records = caplog.records
-        warnings = [r.getMessage() for r in records if r.name == SINK_LOGGER and r.levelno == 30]
-    else:  # the delivery process warns on the stderr it shares with the training process
-        prefix = f"WARNING {SINK_LOGGER}: "
-        err, deadline = "", time.monotonic() + 60  # it may still be starting on a busy machine
-        while prefix not in err and time.monotonic() < deadline:
-            err += capfd.readouterr().err
-            time.sleep(0.1)
-        time.sleep(0.5)  # a second warning, if there were one, would show by now
-        err += capfd.readouterr().err
-        lines = err.splitlines()
-        warnings = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)]
-    assert len(warnings) == 1
-    assert "unreachable" in warnings[0]
-    assert str(sink.spool_path) in warnings[0]
-
-    assert sink.close(timeout_s=0.2) is False
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and str(sink.spool_path) in errors[0] and "recover" in errors[0]
-    assert sink.spool_path.exists()
-
-    # The server never came back: deliver the spool to the run's real store instead.
-    assert DurableMetricLogger.recover(tmp_path / "spool", client) == 600
-    assert [step for step, _, _ in history(client, run_id, "loss")] == list(range(300))
-    assert spool_files(tmp_path / "spool") == []
-
-
-@pytest.mark.parametrize(
-    "point",
-    [
-        ("grad_norm/encoder.0", 1e-05, 1_700_000_000_000, 3),
-        ("a b:c-d", float("nan"), 1, 2),
-        ("x", float("inf"), 1, 2),
-        ("x", float("-inf"), 1, 2),
-        ("üms/ß", 0.1 + 0.2, 5, 6),
-        ("k", 3.0, 0, -1),
-    ],
-)
-def test_spool_lines_read_back_like_json_dumps(point: tuple) -> None:
-    line = spool_module.point_line(point)
-    assert line.endswith("\n")
-    back, expected = json.loads(line), json.loads(json.dumps(point))
-    assert back[0] == expected[0] and back[2:] == expected[2:]
-    assert back[1] == expected[1] or (math.isnan(back[1]) and math.isnan(expected[1]))
-
-
-def test_a_killed_delivery_process_is_restarted_and_sends_nothing_twice(
-    client, run_id, tmp_path
-) -> None:
-    config = SinkConfig(flush_interval_s=0.05, max_batch=20, spool_dir=tmp_path / "spool")
-    sink = DurableMetricLogger(run_id, client, config)
-    for step in range(100):
-        sink.log("m", float(step), step)
-    assert sink.flush(timeout_s=30)
-    first = sink._process.process
-    first.kill()
-    first.wait()
-    for step in range(100, 200):
-        sink.log("m", float(step), step)
-    assert sink.close(timeout_s=30)
-    assert sink._process.process is not first
-    assert [step for step, _, _ in history(client, run_id, "m")] == list(range(200))
-    assert sink.points_delivered == 200 and sink.pending == 0
-
-
-def test_a_delivery_process_that_cannot_run_is_taken_over_by_the_trainer(
-    client, run_id, tmp_path, monkeypatch, capfd, caplog
-) -> None:
-    caplog.set_level(logging.WARNING, logger=SINK_LOGGER)
-
-    def broken_start(self) -> subprocess.Popen:  # e.g. its interpreter cannot import us
-        return subprocess.Popen(
-            [sys.executable, "-c", "import sys; sys.exit('cannot start')"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-
-    monkeypatch.setattr(delivery_module.DeliveryProcess, "_start", broken_start)
-    config = SinkConfig(flush_interval_s=0.05, max_batch=20, spool_dir=tmp_path / "spool")
-    sink = DurableMetricLogger(run_id, client, config)
-    for step in range(50):
-        sink.log("m", float(step), step)
-    assert sink.flush(timeout_s=30)
-    assert sink._process is None  # taken over after MAX_FUTILE_STARTS deaths
-    for step in range(50, 80):
-        sink.log("m", float(step), step)
-    assert sink.close(timeout_s=30)
-    assert [step for step, _, _ in history(client, run_id, "m")] == list(range(80))
-    assert sink.points_delivered == 80 and sink.pending == 0
-    assert spool_files(tmp_path / "spool") == []
-    assert "ended 3 times in a row without delivering anything" in caplog.text
-    assert "cannot start" in capfd.readouterr().err  # the process's own error is shown
-
-
-def _busy_loops() -> list[subprocess.Popen]:
-    """One CPU-bound process per core, at normal priority."""
-    loop = "while True: pass"
-    return [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(os.cpu_count() or 1)]
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
-def test_a_delivery_process_starved_of_cpu_is_taken_over_while_the_trainer_waits(
+def test_an_unreachable_server_keeps_everything_in_the_spool_and_recover_delivers_it(
     client, run_id, tmp_path, caplog
 ) -> None:
+    dead = MlflowClient(f"http://127.0.0.1:{free_port()}")
+    config = manual(tmp_path, health_timeout_s=0.2, retry_backoff_s=(0.05, 0.1))
+    sink = DurableRunLogger(run_id, dead, config)
     caplog.set_level(logging.INFO, logger=SINK_LOGGER)
-    config = SinkConfig(flush_interval_s=60.0, spool_dir=tmp_path / "spool")
-    sink = DurableMetricLogger(run_id, client, config)
-    child = sink._process.process.pid
-    deadline = time.monotonic() + 60
-    while os.sched_getscheduler(child) != os.SCHED_IDLE:  # it has started following
-        assert time.monotonic() < deadline, "the delivery process never went idle-priority"
-        time.sleep(0.05)
-    busy = _busy_loops()
-    try:
-        for step in range(50):
-            sink.log("m", float(step), step)
-        assert sink.flush(timeout_s=60)
-        assert sink._process is None  # the trainer delivered
-        assert "gets no CPU time" in caplog.text
-    finally:
-        for process in busy:
-            process.kill()
-            process.wait()
-    assert sink.close(timeout_s=30)
-    assert [step for step, _, _ in history(client, run_id, "m")] == list(range(50))
+    started = time.perf_counter()
+    for step in range(50):
+        sink.log_many({"loss": 1.0 / (step + 1)}, step)
+    assert time.perf_counter() - started < 0.5  # logging never waits for the server
+    sink.append_rows("steps", pd.DataFrame({"step": [1], "loss": [1.0]}))
+    sink.log_text("kept", "notes/kept.txt")
+    sink.end_run("FINISHED")
+    assert not sink.close(timeout_s=0.5)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "unreachable" in warnings[0].getMessage()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("50 metric points" in e and "recover" in e and str(sink.folder) in e for e in errors)
+    assert (sink.folder / spool.METRICS).exists()
+
+    results = recover(sink.folder, client)  # the server (here: the real store) is back
+    assert [(r.points, r.uploads, r.status) for r in results] == [(50, 2, "FINISHED")]
+    assert len(client.get_metric_history(run_id, "loss")) == 50
+    assert artifacts(client, run_id, "monitor") == ["monitor/steps.parquet"]
+    assert artifacts(client, run_id, "notes") == ["notes/kept.txt"]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert not sink.folder.exists()
 
 
-ORPHANING_TRAINER = textwrap.dedent(
+DYING_WRITER = textwrap.dedent(
     """
-    import os, sys
+    import os, sys, time
+    import pandas as pd
     from mlflow.tracking import MlflowClient
-    from mlflow_audiodiag.monitoring.sink import DurableMetricLogger, SinkConfig
-
-    run_id, spool = sys.argv[1], sys.argv[2]
-    config = SinkConfig(flush_interval_s=0.0, spool_dir=spool)
-    sink = DurableMetricLogger(run_id, MlflowClient(), config)
-    for step in range(15):
-        sink.log("loss", 1.0 / (step + 1), step)
-    os._exit(3)  # dies without close(); its delivery process carries on
+    from mlflow_audiodiag.monitoring.sink import DurableRunLogger, SinkConfig
+    run_id, root, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    sink = DurableRunLogger(run_id, MlflowClient(), SinkConfig(threaded=False, spool_root=root,
+                                                              flush_interval_s=0))
+    for step in range(30):
+        sink.log_many({"loss": float(step)}, step)
+    sink.append_rows("steps", pd.DataFrame({"step": [1, 2], "loss": [0.5, 0.4]}))
+    print(sink.folder, flush=True)
+    if mode == "die":
+        os._exit(3)  # like kill -9: nothing is closed or delivered
+    time.sleep(600)  # a writer that is still running
     """
 )
 
 
-def test_the_delivery_process_outlives_a_crashed_trainer(client, run_id, tmp_path) -> None:
-    spool = tmp_path / "spool"
-    run_dying_trainer(ORPHANING_TRAINER, run_id, spool)
+def test_recover_takes_spools_of_dead_writers_and_ends_their_runs_killed(
+    client, run_id, tmp_path
+) -> None:
+    root = tmp_path / "spool"
+    command = [sys.executable, "-c", DYING_WRITER, run_id, str(root), "die"]
+    with run_process(command, timeout_s=120, stdout=subprocess.PIPE) as child:
+        out, _ = child.communicate(timeout=120)
+    assert child.returncode == 3
+    assert client.get_run(run_id).info.status == "RUNNING"
+    results = recover(root, client)
+    assert [(r.run_id, r.points, r.tables, r.status) for r in results] == [
+        (run_id, 30, 1, "KILLED")
+    ]
+    assert len(client.get_metric_history(run_id, "loss")) == 30
+    assert artifacts(client, run_id, "monitor") == ["monitor/steps.parquet"]
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert not Path(out.strip()).exists()
+
+
+def test_recover_leaves_the_spool_of_a_running_writer_alone(client, run_id, tmp_path) -> None:
+    root = tmp_path / "spool"
+    command = [sys.executable, "-c", DYING_WRITER, run_id, str(root), "live"]
+    with run_process(command, timeout_s=120, stdout=subprocess.PIPE) as child:
+        folder = Path(child.stdout.readline().strip())
+        assert recover(root, client) == []  # the writer holds the lock
+        assert (folder / spool.METRICS).exists()
+        assert client.get_metric_history(run_id, "loss") == []
+        live_here = DurableRunLogger(run_id, client, manual(tmp_path))
+        assert recover(live_here.folder, client) == []  # nor a logger of this process
+        assert live_here.close()
+    results = recover(root, client)  # the writer is gone now
+    assert [r.points for r in results] == [30]
+
+
+def test_a_new_logger_delivers_a_leftover_spool_of_an_ended_process(
+    client, run_id, tmp_path
+) -> None:
+    root = tmp_path / "spool"
+    with run_process(
+        [sys.executable, "-c", DYING_WRITER, run_id, str(root), "die"], timeout_s=120
+    ) as child:
+        child.communicate(timeout=120)
+    other = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
+    sink = DurableRunLogger(other, client, SinkConfig(spool_root=root, flush_interval_s=0.05))
     deadline = time.monotonic() + 60
-    while spool_files(spool) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert spool_files(spool) == []  # removed once everything had arrived
-    loss = history(client, run_id, "loss")
-    assert [step for step, _, _ in loss] == list(range(15))
+    while len(client.get_metric_history(run_id, "loss")) < 30:
+        assert time.monotonic() < deadline, "the leftover spool was not delivered"
+        time.sleep(0.05)
+    assert sink.close()
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert spool.spool_dirs(root) == []
+
+
+def test_a_full_disk_keeps_points_in_memory_and_says_so(client, run_id, tmp_path, caplog) -> None:
+    sink = DurableRunLogger(run_id, client, manual(tmp_path, flush_interval_s=0))
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    sink._metrics.write = full  # the disk fills up under the spool
+    caplog.set_level(logging.INFO, logger=SINK_LOGGER)
+    for step in range(40):
+        sink.log_many({"loss": float(step)}, step)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "memory only" in errors[0] and "lost" in errors[0]
+    assert sink.close()  # the server is up: every point arrives from memory
+    assert len(client.get_metric_history(run_id, "loss")) == 40
+
+
+def test_points_lost_to_a_full_disk_and_an_outage_are_counted_not_promised(
+    run_id, tmp_path, caplog
+) -> None:
+    dead = MlflowClient(f"http://127.0.0.1:{free_port()}")
+    config = manual(tmp_path, health_timeout_s=0.2, retry_backoff_s=(0.05, 0.1), memory_points=25)
+    sink = DurableRunLogger(run_id, dead, config)
+    sink._metrics.write = lambda *_: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full"))
+    caplog.set_level(logging.INFO, logger=SINK_LOGGER)
+    for step in range(40):
+        sink.log_many({"loss": float(step)}, step)
+    assert not sink.close(timeout_s=0.3)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("40 metric points" in e and "lost" in e and "15 of them" in e for e in errors)
+    assert not any("re-send" in e or "deliver them" in e for e in errors[1:])
+
+
+def test_loggers_of_one_process_get_separate_spools(client, run_id, tmp_path) -> None:
+    first = DurableRunLogger(run_id, client, manual(tmp_path))
+    second = DurableRunLogger(run_id, client, manual(tmp_path))
+    assert first.folder != second.folder
+    first.log("a", 1.0, 0)
+    second.log("b", 2.0, 0)
+    assert first.close() and second.close()
+    assert os.path.exists(tmp_path / "spool") and spool.spool_dirs(tmp_path / "spool") == []

@@ -112,7 +112,7 @@ def test_label_statistics_match_counter() -> None:
     assert stats.entropy == pytest.approx(entropy)
     assert stats.normalized_entropy == pytest.approx(entropy / math.log(5))
     metrics = stats.metrics()
-    assert metrics["n_missing_classes"] == 1.0 and metrics["count/up"] == counter[2]
+    assert metrics["n_missing_classes"] == 1.0 and stats.counts["up"] == counter[2]
     assert stats.table()["count"].tolist() == list(stats.counts.values())
     assert stats.to_dict()["missing_classes"] == ["down"]
     balanced = label_statistics([0, 1, 2, 0, 1, 2], ["a", "b", "c"])
@@ -159,9 +159,12 @@ def test_prediction_statistics_skip_nonfinite_rows_and_absent_classes() -> None:
     assert stats.accuracy == pytest.approx(2 / 3)
     assert stats.recall["a"] == 1.0 and stats.recall["b"] == 0.5
     assert math.isnan(stats.recall["c"]) and stats.absent_classes == ["c"]
-    metrics = stats.metrics()
-    assert "recall/c" not in metrics and metrics["pred_count/c"] == 1.0
+    assert stats.predicted_counts["c"] == 1
     assert stats.to_dict()["recall"]["c"] is None
+    finite = logits[torch.isfinite(logits).all(dim=1)]
+    expected_loss = torch.nn.functional.cross_entropy(finite, torch.tensor([0, 1, 1]))
+    assert stats.loss == pytest.approx(float(expected_loss), rel=1e-6)
+    assert stats.balanced_accuracy == pytest.approx((1.0 + 0.5) / 2)  # over classes present
     assert list(stats.table()["predicted_count"]) == [1, 1, 1]
     with pytest.raises(ValueError, match="expected"):
         prediction_statistics(targets, logits[:, :2], ["a", "b", "c"])
