@@ -24,6 +24,7 @@ from mlflow_audiodiag.diagnosis.rules import (
     Rule,
     ordered,
 )
+from mlflow_audiodiag.diagnosis.rules.common import learned
 from mlflow_audiodiag.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
 
 _SCORE_DECIMALS = 2
@@ -123,4 +124,6 @@ def _verdict(
     critical = any(
         f.severity is Severity.CRITICAL for c, f in found.items() if not by_code[c].symptom
     )
-    return "inconclusive" if critical else "healthy"
+    if critical or not learned(ev, t)[0]:
+        return "inconclusive"  # still improving, but not (yet) above its baseline
+    return "healthy"

@@ -13,6 +13,8 @@ _FRACTIONS = (
     "flat_range",
     "repeat_fraction",
     "min_improvement",
+    "val_loss_learned",
+    "val_loss_improving",
     "lr_active_fraction",
     "collapse_top_fraction",
     "collapse_epoch_share",
@@ -56,6 +58,12 @@ class Thresholds:
     # Best val accuracy at least this far (and the noise margin) above the majority baseline:
     # the run learned something.
     min_improvement: float = 0.02
+    # Relative drop of the val loss from its first epoch to its lowest at or above this: the
+    # run learned something (a small val set hides early progress in its accuracy).
+    val_loss_learned: float = 0.05
+    # Val loss falling by at least this share of its first value per epoch over the window:
+    # still improving, not flat.
+    val_loss_improving: float = 0.005
     # Steps/epochs with LR below this share of its peak are left out (warmup start, annealed tail).
     lr_active_fraction: float = 0.1
 

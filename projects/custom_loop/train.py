@@ -16,13 +16,13 @@ import torch.nn.functional as F
 
 from mlflow_audiodiag.data.sources import load_clip_table
 from mlflow_audiodiag.data.synthetic import SyntheticConfig, default_cache_root, generate_dataset
-from mlflow_audiodiag.reporting.writeback import diagnose_run
 from mlflow_audiodiag.features.augment import AugmentConfig, SpecAugment
 from mlflow_audiodiag.features.config import FeatureConfig
 from mlflow_audiodiag.features.normalization import FeatureNormalizer, fit_normalization
 from mlflow_audiodiag.features.store import build_feature_store
 from mlflow_audiodiag.model.transformer import AudioTransformer, ModelConfig
 from mlflow_audiodiag.monitoring.monitor import TrainingMonitor
+from mlflow_audiodiag.reporting.writeback import diagnose_run
 
 
 def main() -> None:

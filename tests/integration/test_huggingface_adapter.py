@@ -16,11 +16,12 @@ from torch.utils.data import Dataset
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from mlflow_audiodiag import schema  # noqa: E402
-from mlflow_audiodiag.model.transformer import AudioTransformer, ModelConfig  # noqa: E402
 from mlflow_audiodiag.monitoring.adapters.huggingface import (  # noqa: E402
     AudioDiagTrainerCallback,
 )
+
+from mlflow_audiodiag import schema  # noqa: E402
+from mlflow_audiodiag.model.transformer import AudioTransformer, ModelConfig  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

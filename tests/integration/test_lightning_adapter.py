@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 pl = pytest.importorskip("lightning.pytorch")
 from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
+from mlflow_audiodiag.monitoring.adapters.lightning import AudioDiagCallback  # noqa: E402
 
 from mlflow_audiodiag import schema  # noqa: E402
 from mlflow_audiodiag.model.transformer import AudioTransformer, ModelConfig  # noqa: E402
-from mlflow_audiodiag.monitoring.adapters.lightning import AudioDiagCallback  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,7 @@
 """Default parameter groups mean "per layer" for any model, in forward order."""
 
 import re
+
 import pytest
 import torch
 from torch import nn

@@ -124,19 +124,48 @@ def learned_margin(ev: RunEvidence, t: Thresholds, level: float) -> float:
 
 
 def learned(ev: RunEvidence, t: Thresholds) -> tuple[bool, dict[str, float]]:
-    """Whether val accuracy rose clearly above the majority baseline at some point (two
-    epochs in a row, so one lucky epoch does not count), and the figures behind it."""
+    """Whether validation learned something: its accuracy rose clearly above the majority
+    baseline (two epochs in a row, so one lucky epoch does not count), or its loss fell
+    clearly below its first value; and the figures behind it."""
     acc = require_epochs(ev, S.VAL_ACCURACY, t)
     base = baseline(ev)
     reference = base if base is not None else float(acc[0])
     sustained = np.minimum(acc[1:], acc[:-1]) if len(acc) > 1 else acc
     best = float(sustained.max())
     margin = learned_margin(ev, t, reference)
-    return best - reference >= margin, {
+    figures = {
         "baseline": reference,
         "best_sustained_val_accuracy": best,
         "learning_margin": margin,
     }
+    drop = val_loss_drop(ev)
+    if drop is not None:
+        figures["val_loss_drop"] = drop
+    by_loss = drop is not None and drop >= t.val_loss_learned
+    return best - reference >= margin or by_loss, figures
+
+
+def val_loss_drop(ev: RunEvidence) -> float | None:
+    """Relative drop of the val loss from its first epoch to its lowest."""
+    losses = ev.values(S.VAL_LOSS.name)
+    losses = finite(losses) if losses is not None else np.zeros(0)
+    if len(losses) < 2 or losses[0] <= 0:
+        return None
+    return float((losses[0] - losses.min()) / losses[0])
+
+
+def val_loss_falling(ev: RunEvidence, t: Thresholds) -> float | None:
+    """The val loss's fall per epoch over the window, as a share of its first value (positive
+    while it falls); ``None`` without a val loss."""
+    losses = ev.series(S.VAL_LOSS.name)
+    if losses is None:
+        return None
+    rows = losses[np.isfinite(losses[:, 1])]
+    if len(rows) < 3 or rows[0, 1] <= 0:
+        return None
+    window = rows[-t.window_epochs :]
+    slope = float(np.polyfit(window[:, 0], window[:, 1], 1)[0])
+    return -slope / float(rows[0, 1])
 
 
 # --- learning rate and phases --------------------------------------------------------------------

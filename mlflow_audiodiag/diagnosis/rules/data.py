@@ -161,7 +161,7 @@ def class_imbalance(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | N
     family="data",
     title="Labels do not match the audio",
     precedence=2,
-    thresholds=("chance_margin", "min_improvement", "flat_noise_sigmas"),
+    thresholds=("chance_margin", "min_improvement", "flat_noise_sigmas", "val_loss_learned"),
     signals=(S.TRAIN_ACCURACY, S.VAL_ACCURACY, S.MAJORITY_FRACTION, S.MAJORITY_BASELINE),
     defers_to=_OPTIMIZATION,
 )

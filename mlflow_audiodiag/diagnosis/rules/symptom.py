@@ -16,6 +16,7 @@ from mlflow_audiodiag.diagnosis.rules.common import (
     require_epochs,
     score,
     val_clips,
+    val_loss_falling,
 )
 from mlflow_audiodiag.diagnosis.rules.registry import REGISTRY, Context, rule
 from mlflow_audiodiag.diagnosis.thresholds import Thresholds
@@ -36,21 +37,37 @@ STAGNANT_VALIDATION = "stagnant_validation"
         "flat_noise_sigmas",
         "repeat_fraction",
         "min_improvement",
+        "val_loss_learned",
+        "val_loss_improving",
         "lr_active_fraction",
     ),
-    signals=(S.VAL_ACCURACY, S.MAJORITY_BASELINE, S.LABEL_N, S.LR, S.EPOCH_LAST_STEP),
+    signals=(
+        S.VAL_ACCURACY,
+        S.VAL_LOSS,
+        S.MAJORITY_BASELINE,
+        S.LABEL_N,
+        S.LR,
+        S.EPOCH_LAST_STEP,
+    ),
     symptom=True,
 )
 def stagnant_validation(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
-    """Validation accuracy never rose clearly above the majority baseline (critical), or it
-    learned and then went flat while a cause fired (warning); flat after learning with no
-    cause is convergence (info). Flat means: by range and slope within the sampling noise of
-    the val set, or exactly repeated, over the last epochs at an active learning rate."""
+    """Validation never learned (its accuracy never rose clearly above the majority baseline,
+    its loss never fell clearly) and went flat (critical), or it learned and then went flat
+    while a cause fired (warning); flat after learning with no cause is convergence (info).
+    Flat means: by range and slope within the sampling noise of the val set, or exactly
+    repeated, over the last epochs at an active learning rate, with the val loss no longer
+    falling."""
     acc = require_epochs(ev, S.VAL_ACCURACY, t)
     val_learned, figures = learned(ev, t)
     rows = plateau_rows(ev, S.VAL_ACCURACY, t)
     flat, shape = _flat(ev, t, rows)
-    if val_learned and not flat:
+    falling = val_loss_falling(ev, t)
+    if falling is not None:
+        shape["val_loss_fall_per_epoch"] = falling
+        if falling >= t.val_loss_improving:
+            flat = False  # the loss still improves: not a plateau yet
+    if not flat:
         return None
     causes = [
         code
