@@ -105,6 +105,7 @@ class AudioDiagCallback(pl.Callback):
             client=client,
             classes=self.classes,
             front_end="lightning",
+            tap_inner=True,  # training_step may call self.model(x) as well as self(x)
         )
         self.monitor.taps.keep_eval = True
         if trainer.gradient_clip_val and trainer.gradient_clip_algorithm in (None, "norm"):
@@ -202,10 +203,9 @@ class AudioDiagCallback(pl.Callback):
             self.monitor.taps.take_eval()
             return
         _, targets = split_batch(batch)
-        kept = self.monitor.taps.take_eval()
-        if kept is None and targets is not None:
+        if targets is not None:
             self.monitor.taps.observe_eval_targets(targets)
-            kept = self.monitor.taps.take_eval()
+        kept = self.monitor.taps.take_eval()
         if kept is not None:
             self._val_logits.append(kept[0])
             self._val_targets.append(kept[1])

@@ -13,7 +13,8 @@ Every hook only stores device tensors; nothing here waits for the device.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,8 +140,21 @@ class ModelTaps:
             self._handles.append(loss_fn.register_forward_hook(self._on_loss))
         self._has_attention = any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forward passes of the monitor's own (an attention probe) are not the loop's."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
+    _paused = False
+
     # -- hooks ----------------------------------------------------------------------------
     def _on_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._paused:
+            return
         split = "train" if module.training else ("val" if self.validating else None)
         if split is None:
             return
@@ -154,6 +168,8 @@ class ModelTaps:
             self.probe = _slice_batch(args, kwargs, _PROBE_ROWS)
 
     def _on_output(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if self._paused:
+            return
         if not module.training:
             if self.keep_eval:
                 logits, _ = _logits_and_loss(output)

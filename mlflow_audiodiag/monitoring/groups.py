@@ -250,10 +250,12 @@ def _numel(module: nn.Module) -> int:
 
 
 def _is_repeated(module: nn.Module) -> bool:
-    """A container of at least two blocks with parameters (layers of a stack)."""
-    if not isinstance(module, nn.ModuleList | nn.Sequential):
-        return False
-    return sum(1 for c in module.children() if _has_params(c)) >= 2
+    """A stack of blocks with parameters: an ``nn.ModuleList`` (even of one layer) or an
+    ``nn.Sequential`` of at least two."""
+    blocks = sum(1 for c in module.children() if _has_params(c))
+    if isinstance(module, nn.ModuleList):
+        return blocks >= 1
+    return isinstance(module, nn.Sequential) and blocks >= 2
 
 
 def _contains_repeated(module: nn.Module) -> bool:

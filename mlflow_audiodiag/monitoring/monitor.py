@@ -121,6 +121,8 @@ class TrainingMonitor:
         hooks: record steps through the optimizer's step hooks instead of explicit calls.
         front_end: what drives the monitor (``loop``, ``watch``, ``lightning``,
             ``huggingface``, ``bundled``), recorded as the tag ``audiodiag.front_end``.
+        tap_inner: watch the forward passes of the network inside a wrapper (a
+            LightningModule's single child) rather than of ``model`` itself.
 
     Example::
 
@@ -142,6 +144,7 @@ class TrainingMonitor:
         loss_fn: nn.Module | None = None,
         hooks: bool = False,
         front_end: str = "loop",
+        tap_inner: bool = False,
     ) -> None:
         self.config = config or MonitorConfig()
         if run_id is None:
@@ -201,7 +204,7 @@ class TrainingMonitor:
             maxima=(signals.GRAD_NORM_TOTAL.name,),
         )
         inner = self.groups.root(model)
-        self.taps = ModelTaps(inner, loss_fn=loss_fn)
+        self.taps = ModelTaps(inner if tap_inner else model, loss_fn=loss_fn)
         self._order = ForwardOrder(inner, self._on_forward_order)
         self._hook_handles: list[Any] = []
         self._backward_end: BackwardEnd | None = None
@@ -513,7 +516,8 @@ class TrainingMonitor:
             probe = self.taps.probe
         if probe is None:
             return {}
-        values = attention_entropy(self.model, probe)
+        with self.taps.paused():
+            values = attention_entropy(self.model, probe)
         return {signals.ATTENTION_ENTROPY.key(layer=i): v for i, v in enumerate(values)}
 
     def _first_epoch_data(self) -> None:

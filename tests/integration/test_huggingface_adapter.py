@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -16,18 +17,17 @@ from torch.utils.data import Dataset
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from mlflow_audiodiag.monitoring.adapters.huggingface import (  # noqa: E402
-    AudioDiagTrainerCallback,
-)
+from support.run_tables import epochs, steps  # noqa: E402
 
 from mlflow_audiodiag import schema  # noqa: E402
+from mlflow_audiodiag.integrations.huggingface import AudioDiagTrainerCallback  # noqa: E402
 from mlflow_audiodiag.model.transformer import AudioTransformer, ModelConfig  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 N_TRAIN, N_VAL, BATCH, EPOCHS = 64, 32, 8, 2
 CLASSES = ["low", "mid", "high"]
-GROUPS = ["embedding", "encoder.0", "head"]
+GROUPS = ["embedding", "encoder.layers.0", "head"]
 
 
 class Classifier(nn.Module):
@@ -75,7 +75,9 @@ def _datasets() -> tuple[Clips, Clips]:
     return Clips(features[:N_TRAIN], labels[:N_TRAIN]), Clips(features[N_TRAIN:], labels[N_TRAIN:])
 
 
-def _train(tmp_path: Path, accumulation: int) -> tuple[transformers.Trainer, GradNormProbe]:
+def _train(
+    tmp_path: Path, accumulation: int, metrics_fn: bool = True
+) -> tuple[transformers.Trainer, GradNormProbe]:
     torch.manual_seed(0)
     callback, probe = AudioDiagTrainerCallback(classes=CLASSES), GradNormProbe()
     args = transformers.TrainingArguments(
@@ -101,35 +103,34 @@ def _train(tmp_path: Path, accumulation: int) -> tuple[transformers.Trainer, Gra
         train_dataset=train,
         eval_dataset=val,
         callbacks=[callback, probe],
-        compute_metrics=callback.compute_metrics(),
+        compute_metrics=callback.compute_metrics() if metrics_fn else None,
     )
     trainer.train()
     return trainer, probe
 
 
-def _history(client: MlflowClient, run_id: str, key: str) -> list:
-    return sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-
-
-def _assert_recorded(client: MlflowClient, run_id: str, probe: GradNormProbe, n_steps: int) -> None:
-    steps = list(range(1, n_steps + 1))
-    total = _history(client, run_id, schema.GRAD_NORM_PREFIX + "total")
-    assert [m.step for m in total] == steps
-    # Post-clipping norms (max_grad_norm=1.0), identical to the probe's.
-    assert [m.value for m in total] == pytest.approx(probe.norms, rel=1e-4)
-    assert max(m.value for m in total) <= 1.0 + 1e-4
+def _assert_recorded(client: MlflowClient, run_id: str, probe: GradNormProbe, n_steps: int):
+    table = steps(client, run_id)
+    assert table.index.tolist() == list(range(1, n_steps + 1))
+    # Norms before the Trainer's clipping (max_grad_norm=1.0): clipped, they are the probe's.
+    total = table["grad_norm/total"].to_numpy()
+    assert list(np.minimum(total, 1.0)) == pytest.approx(probe.norms, rel=1e-4)
+    assert total.max() > 1.0  # the clipping bit, and the record shows the norm before it
+    assert table["clip/max_norm"].tolist() == pytest.approx([1.0] * n_steps)
     for group in GROUPS:
-        for prefix in (schema.GRAD_NORM_PREFIX, schema.UPDATE_RATIO_PREFIX):
-            history = _history(client, run_id, prefix + group)
-            assert [m.step for m in history] == steps, prefix + group
-            assert all(math.isfinite(m.value) for m in history)
-    for index in (0, 1):  # decay / no-decay param groups of the Trainer's AdamW
-        assert [m.step for m in _history(client, run_id, f"{schema.LR_PREFIX}{index}")] == steps
-    for key in ("accuracy", "top_class_fraction", "hist_entropy"):
-        history = _history(client, run_id, schema.VAL_PRED_PREFIX + key)
-        assert [m.step for m in history] == list(range(1, EPOCHS + 1)), key
-    counts = [_history(client, run_id, schema.VAL_PRED_COUNT_PREFIX + c) for c in CLASSES]
-    assert sum(h[-1].value for h in counts) == N_VAL
+        for column in (f"grad_norm/{group}", f"update_ratio/{group}"):
+            assert table[column].map(math.isfinite).all(), column
+    assert {"lr/0", "lr/1"} <= set(table.columns)  # decay / no-decay groups of AdamW
+    assert table["train/step_loss"].notna().all()  # the model's own loss
+    assert table["train/step_accuracy"].notna().all()
+    per_epoch = epochs(client, run_id)
+    assert per_epoch.index.tolist() == list(range(1, EPOCHS + 1))
+    for column in ("val/accuracy", "val/loss", "val_pred/top_class_fraction", "train/loss"):
+        assert per_epoch[column].notna().all(), column
+    assert sum(per_epoch[f"val_pred_count/{c}"].iloc[-1] for c in CLASSES) == N_VAL
+    tags = client.get_run(run_id).data.tags
+    assert tags[schema.TAG_FRONT_END] == "huggingface" and schema.TAG_VERDICT in tags
+    return per_epoch
 
 
 def test_callback_starts_and_ends_its_own_run(tracking_uri: str, tmp_path: Path) -> None:
@@ -141,16 +142,15 @@ def test_callback_starts_and_ends_its_own_run(tracking_uri: str, tmp_path: Path)
     assert run.info.status == "FINISHED"
     n_steps = EPOCHS * N_TRAIN // BATCH
     assert len(probe.norms) == n_steps
-    _assert_recorded(client, run.info.run_id, probe, n_steps)
+    per_epoch = _assert_recorded(client, run.info.run_id, probe, n_steps)
     evals = [e for e in trainer.state.log_history if "eval_accuracy" in e]
     assert len(evals) == EPOCHS
-    val_accuracy = _history(client, run.info.run_id, schema.VAL_PRED_PREFIX + "accuracy")
-    assert val_accuracy[-1].value == pytest.approx(evals[-1]["eval_accuracy"])
+    assert per_epoch["val/accuracy"].iloc[-1] == pytest.approx(evals[-1]["eval_accuracy"])
 
 
 def test_active_run_with_gradient_accumulation(tracking_uri: str, tmp_path: Path) -> None:
     with mlflow.start_run() as run:
-        _, probe = _train(tmp_path, accumulation=2)
+        _, probe = _train(tmp_path, accumulation=2, metrics_fn=False)  # logits from forwards
         assert mlflow.active_run().info.run_id == run.info.run_id  # not ended by the callback
 
     n_steps = EPOCHS * N_TRAIN // BATCH // 2

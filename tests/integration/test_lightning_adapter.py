@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -13,16 +14,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 pl = pytest.importorskip("lightning.pytorch")
 from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
-from mlflow_audiodiag.monitoring.adapters.lightning import AudioDiagCallback  # noqa: E402
+from support.run_tables import epochs, monitor_json, steps  # noqa: E402
 
 from mlflow_audiodiag import schema  # noqa: E402
+from mlflow_audiodiag.integrations.lightning import AudioDiagCallback  # noqa: E402
 from mlflow_audiodiag.model.transformer import AudioTransformer, ModelConfig  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 N_TRAIN, N_VAL, BATCH, EPOCHS = 64, 32, 8, 2
 CLASSES = ["low", "mid", "high"]
-GROUPS = ["embedding", "encoder.0", "head"]
+GROUPS = ["embedding", "encoder.layers.0", "head"]
 
 
 class Classifier(pl.LightningModule):
@@ -40,9 +42,9 @@ class Classifier(pl.LightningModule):
         self.batch_losses.append(loss.item())
         return loss
 
-    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> dict:
-        features, targets = batch
-        return {"logits": self(features), "targets": targets}
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        features, targets = batch  # nothing returned: the callback reads the forward pass
+        self.log("val_acc", (self(features).argmax(dim=1) == targets).float().mean())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
@@ -88,29 +90,25 @@ def _fit(callbacks: list, **trainer_kwargs) -> Classifier:
     return module
 
 
-def _history(client: MlflowClient, run_id: str, key: str) -> list:
-    return sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-
-
-def _assert_recorded(client: MlflowClient, run_id: str, n_steps: int) -> None:
-    steps = list(range(1, n_steps + 1))
-    total = _history(client, run_id, schema.GRAD_NORM_PREFIX + "total")
-    assert [m.step for m in total] == steps
+def _assert_recorded(client: MlflowClient, run_id: str, n_steps: int) -> pd.DataFrame:
+    table = steps(client, run_id)
+    assert table.index.tolist() == list(range(1, n_steps + 1))
     for group in GROUPS:
-        for prefix in (schema.GRAD_NORM_PREFIX, schema.UPDATE_RATIO_PREFIX):
-            history = _history(client, run_id, prefix + group)
-            assert [m.step for m in history] == steps, prefix + group
-            assert all(math.isfinite(m.value) and m.value > 0 for m in history)
-    assert [m.step for m in _history(client, run_id, schema.LR_PREFIX + "0")] == steps
-    assert [m.step for m in _history(client, run_id, schema.METRIC_STEP_LOSS)] == steps
-    for key in ("top_class_fraction", "hist_entropy"):
-        history = _history(client, run_id, schema.VAL_PRED_PREFIX + key)
-        assert [m.step for m in history] == list(range(1, EPOCHS + 1)), key
-    counts = [_history(client, run_id, schema.VAL_PRED_COUNT_PREFIX + c) for c in CLASSES]
-    assert all(len(h) == EPOCHS for h in counts)
-    assert sum(h[-1].value for h in counts) == N_VAL
-    artifacts = {a.path for a in client.list_artifacts(run_id, schema.ARTIFACT_DIR_MONITOR)}
-    assert schema.ARTIFACT_PREDICTIONS in artifacts
+        for column in (f"grad_norm/{group}", f"update_ratio/{group}"):
+            assert (table[column] > 0).all() and table[column].map(math.isfinite).all(), column
+    assert table["lr/0"].notna().all() and table["train/step_loss"].notna().all()
+    assert table["train/step_accuracy"].notna().all()  # logits of the forward, batch targets
+    per_epoch = epochs(client, run_id)
+    assert per_epoch.index.tolist() == list(range(1, EPOCHS + 1))
+    for column in ("val/accuracy", "val/loss", "val_pred/top_class_fraction", "train/loss"):
+        assert per_epoch[column].notna().all(), column
+    counts = [per_epoch[f"val_pred_count/{c}"].iloc[-1] for c in CLASSES]
+    assert sum(counts) == N_VAL
+    summary = monitor_json(client, run_id)
+    assert summary["labels/train/n"] == N_TRAIN and summary["labels/val/n"] == N_VAL
+    assert client.get_run(run_id).data.tags[schema.TAG_FRONT_END] == "lightning"
+    assert schema.TAG_VERDICT in client.get_run(run_id).data.tags  # diagnosed at fit end
+    return table
 
 
 def test_mlflow_logger_run_records_pre_clipping_norms(tracking_uri: str) -> None:
@@ -121,11 +119,11 @@ def test_mlflow_logger_run_records_pre_clipping_norms(tracking_uri: str) -> None
 
     client = MlflowClient(tracking_uri)
     n_steps = EPOCHS * N_TRAIN // BATCH
-    _assert_recorded(client, logger.run_id, n_steps)
-    total = _history(client, logger.run_id, schema.GRAD_NORM_PREFIX + "total")
+    table = _assert_recorded(client, logger.run_id, n_steps)
     assert len(probe.norms) == n_steps
-    assert [m.value for m in total] == pytest.approx(probe.norms, rel=1e-4)
-    assert total[-1].value > 1e-3  # recorded before Lightning clipped to 1e-3
+    assert table["grad_norm/total"].tolist() == pytest.approx(probe.norms, rel=1e-4)
+    assert table["grad_norm/total"].iloc[-1] > 1e-3  # recorded before Lightning clipped
+    assert table["clip/max_norm"].tolist() == pytest.approx([1e-3] * n_steps)
 
 
 def test_active_run_with_gradient_accumulation(tracking_uri: str) -> None:
@@ -134,11 +132,10 @@ def test_active_run_with_gradient_accumulation(tracking_uri: str) -> None:
 
     client = MlflowClient()
     n_steps = EPOCHS * N_TRAIN // BATCH // 2
-    _assert_recorded(client, run.info.run_id, n_steps)
+    table = _assert_recorded(client, run.info.run_id, n_steps)
     # The step loss is the mean loss of the step's two micro-batches.
     expected = [sum(module.batch_losses[i : i + 2]) / 2 for i in range(0, 2 * n_steps, 2)]
-    losses = _history(client, run.info.run_id, schema.METRIC_STEP_LOSS)
-    assert [m.value for m in losses] == pytest.approx(expected, rel=1e-5)
+    assert table["train/step_loss"].tolist() == pytest.approx(expected, rel=1e-5)
 
 
 def test_without_an_mlflow_run_fails_clearly(tracking_uri: str) -> None:
