@@ -217,6 +217,7 @@ def _fill_from_metrics(
     client: MlflowClient, run_id: str, latest: Mapping[str, float], evidence: RunEvidence
 ) -> None:
     """Contract signals the tables lack, from the run's metrics (own names, then aliases)."""
+    has_step_table = len(evidence.steps.index) > 0  # complete; its metrics are downsampled
     for key, value in latest.items():
         signal = signals.declared(key)
         if signal is None or signal.cadence != signals.ONCE or key in evidence.summary:
@@ -227,8 +228,8 @@ def _fill_from_metrics(
         if signal is None or signal.cadence == signals.ONCE:
             continue
         table = evidence.epochs if signal.cadence == signals.EPOCH else evidence.steps
-        if key in table.columns or (signal.cadence == signals.STEP and len(evidence.steps.index)):
-            continue  # the step table is complete where it exists; metrics are downsampled
+        if key in table.columns or (signal.cadence == signals.STEP and has_step_table):
+            continue
         table.add(key, _history(client.get_metric_history(run_id, key)))
     for name, aliases in signals.ALIASES.items():
         if evidence.epochs.series(name) is not None:

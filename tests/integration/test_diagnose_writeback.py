@@ -60,7 +60,8 @@ def test_diagnosis_is_written_back_and_rewriting_replaces_it(tracking_uri) -> No
     assert tags[schema.TAG_VERDICT] == "stagnant"
     assert tags[schema.TAG_PRIMARY_CAUSE] == first.primary_cause
     assert first.primary_cause in ("class_imbalance", "majority_class_collapse")
-    assert set(tags[schema.TAG_FINDINGS].split(",")) == {f.code for f in first.findings}
+    shown = {f.code for f in first.findings if f.severity != "info"}
+    assert set(tags[schema.TAG_FINDINGS].split(",")) == shown
     note = tags[schema.TAG_NOTE]
     assert note.startswith("My own notes about this run.")
     assert note.count(NOTE_START) == 1
@@ -72,8 +73,8 @@ def test_diagnosis_is_written_back_and_rewriting_replaces_it(tracking_uri) -> No
     )
     assert [r.info.run_id for r in found] == [run_id]
 
-    history = client.get_metric_history(run_id, schema.METRIC_DIAGNOSIS_FINDINGS)
-    assert len(history) == 1 and history[0].value == len(first.findings)
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics[schema.METRIC_DIAGNOSIS_FINDINGS] == len(shown)
 
     paths = {a.path for a in client.list_artifacts(run_id, schema.ARTIFACT_DIR_DIAGNOSIS)}
     assert {schema.ARTIFACT_FINDINGS, schema.ARTIFACT_REPORT} <= paths
@@ -123,3 +124,20 @@ def test_mlflow_discovers_the_evaluator_plugin_and_evaluate_diagnoses_the_run(
     assert result.metrics[schema.METRIC_DIAGNOSIS_FINDINGS] >= 2
     tags = MlflowClient().get_run(run_id).data.tags
     assert tags[schema.TAG_VERDICT] == "stagnant"
+
+
+def test_a_new_diagnosis_replaces_the_scores_and_count_of_an_earlier_one(tracking_uri) -> None:
+    from mlflow_audiodiag.diagnosis.evidence import load_evidence
+    from mlflow_audiodiag.diagnosis.findings import Diagnosis, Finding, Severity
+    from mlflow_audiodiag.reporting.writeback import write_diagnosis
+
+    run_id = _log_stagnant_run("rediagnosed")
+    client = MlflowClient()
+    evidence = load_evidence(client, run_id)
+    old = Finding("label_noise", Severity.CRITICAL, "t", {}, {}, "f", score=0.7)
+    write_diagnosis(client, run_id, Diagnosis("stagnant", "label_noise", [old]), evidence)
+    write_diagnosis(client, run_id, Diagnosis("healthy", None, []), evidence)
+    run = client.get_run(run_id)
+    assert run.data.tags[schema.TAG_VERDICT] == "healthy"
+    assert run.data.metrics[schema.METRIC_DIAGNOSIS_FINDINGS] == 0
+    assert run.data.metrics[schema.DIAGNOSIS_SCORE_PREFIX + "label_noise"] == 0  # not stale

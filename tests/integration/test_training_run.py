@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from support.run_tables import monitor_json, steps
 
-from mlflow_audiodiag import schema
+from mlflow_audiodiag import schema, signals
 from mlflow_audiodiag.data.audio_io import read_audio
 from mlflow_audiodiag.training.config import TrainConfig
 from mlflow_audiodiag.training.loop import Trainer
@@ -44,14 +45,23 @@ def test_training_run_logs_params_metrics_artifacts_and_a_loadable_model(trackin
     assert params["data.synthetic_classes"] == "4"
     assert len(params) == len(TrainConfig().to_params())
 
-    for split in ("train", "val"):
-        for name in schema.EPOCH_METRICS:
-            history = client.get_metric_history(result.run_id, schema.split_metric(split, name))
-            assert [m.step for m in history] == [1, 2]
+    for name in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "val/macro_f1"):
+        history = client.get_metric_history(result.run_id, name)
+        assert [m.step for m in history] == [1, 2], name
     metrics = run.data.metrics
     assert metrics[schema.METRIC_BEST_VAL_ACCURACY] == pytest.approx(result.best_val_accuracy)
     assert "test/accuracy" in metrics
-    assert metrics[schema.METRIC_MAJORITY_BASELINE] == pytest.approx(0.25, abs=0.1)
+    assert metrics[signals.MAJORITY_BASELINE.name] == pytest.approx(0.25, abs=0.1)
+    assert len(metrics) <= 40  # the keys a person charts; the rest is in monitor/ tables
+    assert any(key.startswith("system/") for key in metrics)  # MLflow's system metrics
+    (dataset,) = run.inputs.dataset_inputs  # the run page's Datasets panel
+    assert dataset.tags[0].value == "training"
+    assert run.data.tags[schema.TAG_FRONT_END] == "bundled"
+    assert run.data.tags[schema.TAG_LIVE].startswith("finished after 2 epochs")
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags[schema.TAG_EXPERIMENT_KIND] == schema.EXPERIMENT_KIND_TRAINING
+    monitor = {a.path for a in client.list_artifacts(result.run_id, "monitor")}
+    assert {schema.ARTIFACT_STEPS, schema.ARTIFACT_EPOCHS, schema.ARTIFACT_SUMMARY} <= monitor
 
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "data")}
     assert {schema.ARTIFACT_NORMALIZATION, schema.ARTIFACT_CLASSES} <= artifacts
@@ -108,9 +118,10 @@ def test_a_run_stopped_mid_training_keeps_its_points_and_status(
     client = MlflowClient()
     (run,) = client.search_runs(["0"])
     assert run.info.status == status
-    steps_per_epoch = -(-int(run.data.metrics["data/clips_train"]) // TINY["batch_size"])
-    grad_steps = [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm/total")]
-    assert grad_steps == list(range(1, 2 * steps_per_epoch + 1))  # both epochs' steps arrived
+    clips = monitor_json(client, run.info.run_id, schema.ARTIFACT_DATA_SUMMARY)["clips"]
+    steps_per_epoch = -(-clips["train"] // TINY["batch_size"])
+    recorded = steps(client, run.info.run_id).index.tolist()
+    assert recorded == list(range(1, 2 * steps_per_epoch + 1))  # both epochs' steps arrived
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/accuracy")] == [1]
 
 
@@ -120,8 +131,12 @@ def test_live_check_tags_the_run_and_can_stop_a_stagnant_training(tracking_uri) 
     )
     result = train(config)
     run = MlflowClient().get_run(result.run_id)
-    assert run.data.tags[schema.TAG_LIVE].startswith("stagnant at epoch")
-    assert run.data.tags[schema.TAG_STOP_REASON].startswith("stopped at epoch")
+    stop_reason = run.data.tags[schema.TAG_STOP_REASON]
+    assert stop_reason.startswith("stopped at epoch")
+    live = run.data.tags[schema.TAG_LIVE]  # the final state, with the same plateau window
+    assert live.startswith("finished after") and "stagnant" in live
+    window = stop_reason.split(": ", 1)[1].split(" over ")[-1]
+    assert window in live
     epochs = [m.step for m in MlflowClient().get_metric_history(result.run_id, "val/accuracy")]
     assert len(epochs) < 20  # stopped once stagnation was confirmed
     assert run.data.metrics[schema.METRIC_STOPPED_EARLY] == 1.0

@@ -32,8 +32,11 @@ def non_finite(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
             counts[signal.name] = float(np.nansum(values))
     for signal in (S.TRAIN_LOSS, S.VAL_LOSS):
         values = ev.epochs.columns.get(signal.name)
-        if values is not None:
-            counts[f"{signal.name} (non-finite epochs)"] = float(np.isinf(values).sum())
+        if values is not None and np.isfinite(values).any():
+            # A loss that turned non-finite and stayed so diverged; gaps between finite values
+            # are epochs without that value.
+            last_finite = len(values) - 1 - int(np.argmax(np.isfinite(values[::-1])))
+            counts[f"{signal.name} (non-finite epochs)"] = float(len(values) - 1 - last_finite)
     features = [
         k
         for k in ev.summary
