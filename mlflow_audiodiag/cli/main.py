@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -145,10 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a job scheduler, ``kill``, ``mlflow run`` cancelled) stops training like
+    Ctrl-C: the run ends KILLED with everything recorded so far delivered."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "zoo"):
+        _stop_on_sigterm()
     try:
         if args.command == "prepare-data":
             return _prepare_data(args)
@@ -166,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AudioDiagError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("stopped: the run ends KILLED with what it recorded so far", file=sys.stderr)
+        return 130
 
 
 def _prepare_data(args: argparse.Namespace) -> int:

@@ -141,3 +141,41 @@ def test_live_check_tags_the_run_and_can_stop_a_stagnant_training(tracking_uri) 
     assert len(epochs) < 20  # stopped once stagnation was confirmed
     assert run.data.metrics[schema.METRIC_STOPPED_EARLY] == 1.0
     assert run.data.tags[schema.TAG_VERDICT] == "stagnant"
+
+
+def test_sigterm_ends_the_run_killed_with_its_points_and_no_leftovers(
+    tracking_uri, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from support.processes import run_process
+
+    options = ["--synthetic-classes", "4", "--synthetic-clips-per-class", "12", "--epochs", "200"]
+    options += ["--dim", "16", "--heads", "2", "--layers", "1", "--progress", "false"]
+    command = [sys.executable, "-m", "mlflow_audiodiag.cli.main", "train", *options]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    client = MlflowClient()
+    with run_process(
+        command, timeout_s=600, env=env, stderr=subprocess.PIPE, cwd=tmp_path
+    ) as child:
+        deadline = time.monotonic() + 300
+        while True:
+            assert child.poll() is None, child.stderr.read()
+            assert time.monotonic() < deadline, "no epoch recorded within 300 s"
+            runs = client.search_runs(["0"])
+            if runs and "val/accuracy" in runs[0].data.metrics:
+                break
+            time.sleep(0.5)
+        child.send_signal(signal.SIGTERM)
+        _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+    run = client.get_run(runs[0].info.run_id)
+    assert run.info.status == "KILLED"
+    assert len(steps(client, run.info.run_id)) > 0  # the steps recorded so far arrived
+    spool_root = Path(os.environ["AUDIODIAG_CACHE_DIR"]) / "spool"
+    assert not spool_root.exists() or not list(spool_root.glob(f"{run.info.run_id}/*"))
