@@ -2,7 +2,8 @@
 
 Two identical copies of the bundled transformer train on the embedded dataset, one plain and
 one instrumented with ``TrainingMonitor`` at its default settings (every step: per-group
-gradient norms, total norm, update ratios, learning rates, loss; durable batched logging to a
+gradient norms, total norm, update ratios, learning rates, loss, into the step table; the
+downsampled metric points and the table parts delivered by the monitor's background thread to a
 real sqlite-backed MLflow run). Blocks of steps alternate between the two so that machine
 drift hits both alike. Two measurements:
 
@@ -14,7 +15,7 @@ drift hits both alike. Two measurements:
 
 Prints each overhead ratio (instrumented step time / plain step time) and the time spent
 inside the monitor's calls, then the logging figures of a ``--steps``-step instrumented run:
-metric points, tracking calls and time spent flushing.
+metric points, tracking calls and time spent in them (on the delivery thread).
 
     python benchmarks/monitor_overhead.py [--blocks 100] [--block-steps 5] [--steps 1000]
 """
@@ -36,7 +37,6 @@ from twin_setup import default_setup, twin_trainers
 
 from mlflow_audiodiag.features.normalization import FeatureNormalizer
 from mlflow_audiodiag.monitoring.monitor import TrainingMonitor
-from mlflow_audiodiag.monitoring.sink import DurableMetricLogger, SinkConfig
 from mlflow_audiodiag.training.optim import build_optimizer
 from mlflow_audiodiag.training.run import build_train_loader
 
@@ -138,12 +138,6 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=100)
     parser.add_argument("--block-steps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument(
-        "--deliver-after",
-        action="store_true",
-        help="deliver points only at close (isolates the monitor's compute cost from the "
-        "tracking store's write cost, which otherwise runs in the delivery process)",
-    )
     args = parser.parse_args()
 
     setup = default_setup()
@@ -158,21 +152,14 @@ def main() -> None:
     loaders = [build_train_loader(config, store, train, n_classes) for _ in range(2)]
     trainers = twin_trainers(setup)
     steps = args.blocks * args.block_steps
-    delivery = "at close" if args.deliver_after else "by the delivery process"
 
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
         mlflow.set_experiment("monitor-overhead")
-        print(
-            f"steps timed per variant: {steps} (blocks of {args.block_steps}, alternating; "
-            f"points delivered {delivery})"
-        )
-        with mlflow.start_run() as run:
-            sink = None
-            if args.deliver_after:
-                sink = DurableMetricLogger(run.info.run_id, config=SinkConfig(delivery="caller"))
+        print(f"steps timed per variant: {steps} (blocks of {args.block_steps}, alternating)")
+        with mlflow.start_run():
             plain, instrumented = trainers
-            monitor = TrainingMonitor(instrumented.model, instrumented.optimizer, sink=sink)
+            monitor = TrainingMonitor(instrumented.model, instrumented.optimizer)
             instrumented.attach(TimedMonitor(monitor))
             batches = [_forever(loader) for loader in loaders]
             plain_s, inst_s = _alternate(
@@ -189,11 +176,8 @@ def main() -> None:
         models = [copy.deepcopy(model) for _ in range(2)]
         optimizers = [build_optimizer(m, config.optim) for m in models]
         clip = config.optim.grad_clip
-        with mlflow.start_run() as run:
-            sink = None
-            if args.deliver_after:
-                sink = DurableMetricLogger(run.info.run_id, config=SinkConfig(delivery="caller"))
-            monitor = TimedMonitor(TrainingMonitor(models[1], optimizers[1], sink=sink))
+        with mlflow.start_run():
+            monitor = TimedMonitor(TrainingMonitor(models[1], optimizers[1]))
             feature_batches = [
                 _feature_batches(features, labels, config.loop.batch_size, seed=1) for _ in range(2)
             ]
@@ -221,8 +205,8 @@ def main() -> None:
         sink = monitor.sink
         print(
             f"{args.steps}-step instrumented run: {sink.points_logged} metric points, "
-            f"{sink.tracking_calls} tracking calls, {sink.flush_seconds:.2f} s flushing "
-            f"(in the delivery process), {total:.1f} s in all"
+            f"{sink.tracking_calls} tracking calls, {sink.flush_seconds:.2f} s in them "
+            f"(on the delivery thread), {total:.1f} s in all"
         )
 
 

@@ -83,6 +83,7 @@ class SinkConfig:
     retry_backoff_s: tuple[float, float] = (1.0, 30.0)  # first and largest retry delay
     close_timeout_s: float = 120.0
     table_dir: str = "monitor"  # artifact folder of appended and written tables
+    publish_interval_s: float = 30.0  # written tables are uploaded at most this often
     memory_points: int = 1_000_000
     sweep_orphans: bool = True
     threaded: bool = True
@@ -229,6 +230,7 @@ class DurableRunLogger:
         self._dropped = 0
         self._orphans: list[Path] = []
         self._staged = 0
+        self._published_at = -float("inf")
 
         self.points_logged = 0
         self.points_delivered = 0
@@ -353,7 +355,12 @@ class DurableRunLogger:
                 self._spool_failed(error)
 
     def publish(self) -> None:
-        """Uploads the written tables soon (e.g. at an epoch end, for a live view)."""
+        """Uploads the written tables soon (e.g. at an epoch end, for a live view), at most
+        once per ``publish_interval_s`` (the first time at once; close uploads the last)."""
+        now = time.monotonic()
+        if now - self._published_at < self.config.publish_interval_s:
+            return
+        self._published_at = now
         with self._lock:
             self._published.update(p.name for p in self._written_tables())
         self._wake.set()

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mlflow_audiodiag.cache import default_cache_root
 from mlflow_audiodiag.data.sources import load_clip_table
-from mlflow_audiodiag.data.synthetic import SyntheticConfig, default_cache_root, generate_dataset
+from mlflow_audiodiag.data.synthetic import SyntheticConfig, generate_dataset
 from mlflow_audiodiag.features.augment import AugmentConfig, SpecAugment
 from mlflow_audiodiag.features.config import FeatureConfig
 from mlflow_audiodiag.features.normalization import FeatureNormalizer, fit_normalization
