@@ -83,4 +83,5 @@ ARTIFACT_ZOO_TABLE: Final = "zoo/confusion.md"
 
 # --- Comparison (mlflow_audiodiag.comparison) --------------------------------------------------
 TAG_COMPARISON: Final = "audiodiag.comparison"  # "true" on a run that holds a comparison
+TAG_JOB: Final = "audiodiag.job"  # "diagnose" on the run of `mlflow run . -e diagnose`
 ARTIFACT_DIR_COMPARISON: Final = "comparison"  # comparison.{csv,json,html} and its PNGs

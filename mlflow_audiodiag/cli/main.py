@@ -111,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--max-runs", type=int, default=None, help="newest N runs only")
     compare.add_argument("--curves", type=int, default=50, help="runs in the curve overlay")
     compare.add_argument(
-        "--out", type=Path, default=Path("comparison"), help="output folder (CSV, JSON, HTML)"
+        "--out",
+        type=parse_optional_path,
+        default=None,
+        help="output folder (CSV, JSON, HTML); default: a new folder under <cache dir>/comparisons",
     )
     compare.add_argument(
         "--log", action="store_true", help="log the outputs as artifacts of a comparison run"
@@ -261,7 +264,12 @@ def _zoo(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
-    from mlflow_audiodiag.comparison.compare import compare, log_comparison, write_outputs
+    from mlflow_audiodiag.comparison.compare import (
+        compare,
+        comparison_name,
+        log_comparison,
+        write_outputs,
+    )
     from mlflow_audiodiag.comparison.summary import duration, text_table
 
     check_tracking_server()
@@ -277,11 +285,22 @@ def _compare(args: argparse.Namespace) -> int:
     print("findings: " + (", ".join(f"{f} {n}" for f, n in result.findings.items()) or "none"))
     for cost in result.costs:
         print(f"stagnant, {cost.cause}: {cost.runs} runs, {duration(cost.wall_seconds)}")
-    files = write_outputs(result, args.out, max_curves=args.curves)
+    out = Path(args.out) if args.out else _default_comparison_folder()
+    files = write_outputs(result, out, max_curves=args.curves)
     print(f"written: {', '.join(str(p) for p in files.values())}")
     if args.log:
-        print(f"logged to run {log_comparison(files)}")
+        name = comparison_name(args.experiment, args.filter)
+        print(f"logged to run {log_comparison(files, run_name=name)}")
     return 0
+
+
+def _default_comparison_folder() -> Path:
+    """A new folder under the cache directory, outside any checkout."""
+    import time
+
+    from mlflow_audiodiag.cache import default_cache_root
+
+    return default_cache_root() / "comparisons" / time.strftime("%Y%m%d-%H%M%S")
 
 
 def _plain(markdown: str) -> str:
@@ -307,11 +326,38 @@ def _diagnose(args: argparse.Namespace) -> int:
         diagnosis = diagnose_run(args.run_id, thresholds=thresholds, write=not args.no_write)
     except MlflowException as error:
         raise ConfigError(f"cannot diagnose run {args.run_id!r}: {error.message}") from error
+    _describe_project_run(args.run_id, diagnosis)
     if args.json:
         print(json.dumps(diagnosis.to_dict(), indent=2))
     else:
         print(_plain(summary_markdown(diagnosis)))
     return 1 if diagnosis.verdict in args.fail_on else 0
+
+
+def _describe_project_run(run_id: str, diagnosis) -> None:
+    """Under ``mlflow run . -e diagnose`` MLflow creates a run of its own: it becomes a child of
+    the diagnosed run, named after it, holding the diagnosis, instead of an empty extra run."""
+    import json
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_audiodiag import schema
+    from mlflow_audiodiag.reporting.writeback import summary_markdown
+
+    project_run = os.environ.get("MLFLOW_RUN_ID")
+    if not project_run or project_run == run_id:
+        return
+    client = MlflowClient()
+    target = client.get_run(run_id)
+    name = target.info.run_name or run_id
+    client.set_tag(project_run, "mlflow.parentRunId", run_id)
+    client.set_tag(project_run, "mlflow.runName", f"diagnose {name}"[:250])
+    client.set_tag(project_run, schema.TAG_JOB, "diagnose")
+    client.set_tag(project_run, schema.TAG_NOTE, summary_markdown(diagnosis))
+    client.log_text(
+        project_run, json.dumps(diagnosis.to_dict(), indent=2), schema.ARTIFACT_FINDINGS
+    )
 
 
 if __name__ == "__main__":

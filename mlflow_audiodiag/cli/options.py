@@ -6,7 +6,12 @@ import argparse
 from typing import Any
 
 from mlflow_audiodiag.errors import ConfigError
-from mlflow_audiodiag.training.config import OptionField, option_fields
+from mlflow_audiodiag.training.config import (
+    HIDDEN_SECTIONS,
+    OPTION_HELP,
+    OptionField,
+    option_fields,
+)
 
 _HANDLED_ELSEWHERE = {"source"}
 
@@ -63,17 +68,31 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     for option in option_fields():
         if option.name in _HANDLED_ELSEWHERE:
             continue
-        group = groups.setdefault(
-            option.section, parser.add_argument_group(f"{option.section} options")
+        hidden = option.section in HIDDEN_SECTIONS
+        target = (
+            parser
+            if hidden
+            else groups.setdefault(
+                option.section, parser.add_argument_group(f"{option.section} options")
+            )
         )
-        group.add_argument(
+        choices = _choices(option)
+        meaning = OPTION_HELP.get(option.name, "")
+        if choices:
+            meaning += f" ({', '.join(choices)})"
+        target.add_argument(
             f"--{option.name.replace('_', '-')}",
             dest=option.name,
             type=_parser_for(option),
             default=argparse.SUPPRESS,
             metavar=option.name.upper(),
-            help=f"default: {_show(option.default)}",
+            help=argparse.SUPPRESS if hidden else f"{meaning}; default: {_show(option.default)}",
         )
+
+
+def _choices(option: OptionField) -> list[str]:
+    """The allowed values of a Literal-typed option."""
+    return list(option.choices)
 
 
 def add_source_options(parser: argparse.ArgumentParser) -> None:

@@ -120,10 +120,17 @@ def collect_runs(
             order_by=["attributes.start_time DESC"],
             page_token=token,
         )
-        summaries.extend(summarize(run, names[run.info.experiment_id]) for run in page)
+        summaries.extend(
+            summarize(run, names[run.info.experiment_id]) for run in page if not _is_job(run)
+        )
         token = page.token
         if not token or (max_runs is not None and len(summaries) >= max_runs):
             return summaries
+
+
+def _is_job(run: Run) -> bool:
+    """Runs that hold a comparison or a diagnosis of another run: not trainings to compare."""
+    return schema.TAG_COMPARISON in run.data.tags or schema.TAG_JOB in run.data.tags
 
 
 def diagnose_missing(client: MlflowClient, summaries: list[RunSummary]) -> list[RunSummary]:

@@ -108,14 +108,24 @@ def write_outputs(
     return files
 
 
+def comparison_name(experiments: list[str], filter_string: str = "") -> str:
+    """What a comparison compared, as a run name: ``compare team-a, team-b [filter]``."""
+    name = "compare " + (", ".join(experiments) if experiments else "all experiments")
+    if filter_string.strip():
+        name += f" where {filter_string.strip()}"
+    return name[:250]
+
+
 def log_comparison(
     files: dict[str, Path],
     experiment: str = "audiodiag-comparisons",
     client: MlflowClient | None = None,
+    run_name: str = "comparison",
 ) -> str:
     """Logs the outputs as artifacts (under ``comparison/``) of the active run (or the run
-    ``mlflow run`` created), else of a new run in ``experiment``; returns the run id. Uses the
-    client only: no global MLflow state (active experiment or run) changes."""
+    ``mlflow run`` created), else of a new run in ``experiment``, named ``run_name`` either
+    way; returns the run id. Uses the client only: no global MLflow state (active experiment
+    or run) changes."""
     client = client or MlflowClient()
     active = mlflow.active_run()
     run_id = active.info.run_id if active else os.environ.get("MLFLOW_RUN_ID")
@@ -123,7 +133,9 @@ def log_comparison(
     if created:
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-        run_id = client.create_run(experiment_id, run_name="comparison").info.run_id
+        run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+    else:
+        client.set_tag(run_id, "mlflow.runName", run_name)
     client.set_tag(run_id, schema.TAG_COMPARISON, "true")
     for path in files.values():
         client.log_artifact(run_id, str(path), schema.ARTIFACT_DIR_COMPARISON)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -214,6 +215,86 @@ _RENAMED = {
 }
 
 
+# What each flat option means, in the user's words (the CLI's help and the MLproject's
+# parameters read this; the choices of Literal options are added from their types).
+OPTION_HELP: dict[str, str] = {
+    "source": "your audio: a manifest CSV, a folder per class or a Speech Commands tree",
+    "val_fraction": "share of each class held out for validation when no split is given",
+    "test_fraction": "share of each class held out for testing when no split is given",
+    "split_seed": "seed of that split",
+    "on_bad_file": "what to do with an unreadable, empty or non-finite clip",
+    "normalization": "feature standardization, fitted on the training split",
+    "synthetic_classes": "embedded data: number of classes (2-8)",
+    "synthetic_clips_per_class": "embedded data: clips of the largest class",
+    "synthetic_imbalance_ratio": "embedded data: clips of the largest / the smallest class",
+    "synthetic_snr_db": "embedded data: background-noise SNR range 'low,high' in dB",
+    "synthetic_seed": "embedded data: generation seed",
+    "feature_kind": "log-mel spectrogram or MFCC",
+    "sample_rate": "audio is resampled to this rate (Hz)",
+    "clip_seconds": "clips are center-cropped or zero-padded to this length",
+    "n_fft": "FFT size of the spectrogram",
+    "hop_length": "samples between spectrogram frames",
+    "n_mels": "mel bands",
+    "n_mfcc": "MFCC coefficients (feature_kind=mfcc)",
+    "f_min": "lowest frequency of the mel filters (Hz)",
+    "f_max": "highest frequency of the mel filters (Hz; none: half the sample rate)",
+    "top_db": "dynamic range kept per clip (dB)",
+    "noise_p": "probability of adding background noise to a training clip",
+    "noise_snr_db": "SNR range 'low,high' of that noise in dB",
+    "gain_p": "probability of a random gain",
+    "gain_db": "gain range 'low,high' in dB",
+    "shift_p": "probability of a random time shift",
+    "shift_max_s": "largest time shift in seconds",
+    "stretch_p": "probability of a time-stretch",
+    "stretch_rate": "time-stretch rate range 'low,high'",
+    "pitch_p": "probability of a pitch shift",
+    "pitch_semitones": "pitch-shift range 'low,high' in semitones",
+    "specaug_p": "probability of SpecAugment masks on a training batch",
+    "freq_mask_param": "largest SpecAugment frequency mask (bins)",
+    "time_mask_param": "largest SpecAugment time mask (frames)",
+    "n_freq_masks": "SpecAugment frequency masks per clip",
+    "n_time_masks": "SpecAugment time masks per clip",
+    "mixup_alpha": "mixup Beta(alpha, alpha) strength; 0 turns mixup off",
+    "resampled_variants": "precomputed stretch/pitch variants per clip (0: on the fly)",
+    "dim": "transformer width",
+    "heads": "attention heads per layer (dim must be divisible by heads)",
+    "layers": "transformer encoder layers",
+    "mlp_ratio": "feed-forward width / dim",
+    "dropout": "dropout rate",
+    "patch_bins": "patch height in mel bins (0: full-height patches)",
+    "patch_frames": "patch width in frames",
+    "optimizer": "the optimizer",
+    "lr": "peak learning rate",
+    "weight_decay": "weight decay",
+    "momentum": "SGD momentum",
+    "scheduler": "learning-rate schedule",
+    "warmup_epochs": "warmup epochs of warmup_cosine",
+    "step_size": "epochs between LR drops of the step schedule",
+    "gamma": "LR factor of each drop of the step schedule",
+    "plateau_patience": "epochs without a better val loss before the plateau schedule cuts the LR",
+    "plateau_factor": "LR factor of each plateau cut",
+    "grad_clip": "gradient-norm clipping threshold (0: no clipping)",
+    "epochs": "training epochs",
+    "batch_size": "clips per batch (per process under DDP)",
+    "class_balance": "counter class imbalance with loss weights or a balanced sampler",
+    "early_stopping_patience": "stop after this many epochs without improvement (0: never)",
+    "seed": "seed of initialization, shuffling and augmentation",
+    "num_workers": "DataLoader worker processes",
+    "device": "auto, cpu, cuda or cuda:N",
+    "progress": "show progress bars",
+    "monitor_every_n_steps": "record the step signals every n-th optimizer step",
+    "monitor_buffer_steps": "steps of gradient statistics kept on the device between transfers",
+    "track_updates": "record update-to-weight ratios",
+    "update_interval": "measure update ratios every n-th recorded step",
+    "attention_probe_size": "validation clips on which attention entropy is measured",
+    "live_check": "check for stagnation at every epoch end (tag audiodiag.live)",
+    "stop_on_stagnation": "stop training once stagnation is confirmed",
+    "monitor_flush_interval_s": "seconds between deliveries of recorded points to MLflow",
+}
+# Deliberate faults for the fault zoo: accepted, but not listed among the user's options.
+HIDDEN_SECTIONS = frozenset({"faults"})
+
+
 @dataclass(frozen=True)
 class OptionField:
     """One leaf of :class:`TrainConfig` as a flat command-line / MLproject option."""
@@ -223,6 +304,7 @@ class OptionField:
     field: str
     default: Any
     type_hint: str
+    choices: tuple[str, ...] = ()
 
 
 def option_fields() -> list[OptionField]:
@@ -230,10 +312,20 @@ def option_fields() -> list[OptionField]:
     options = []
     for section, section_type in _SECTION_TYPES.items():
         defaults = section_type()
+        hints = typing.get_type_hints(section_type)
         for f in dataclasses.fields(section_type):
             name = _RENAMED.get((section, f.name), f.name)
+            hint = hints[f.name]
+            choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
             options.append(
-                OptionField(name, section, f.name, getattr(defaults, f.name), str(f.type))
+                OptionField(
+                    name,
+                    section,
+                    f.name,
+                    getattr(defaults, f.name),
+                    str(f.type),
+                    tuple(str(c) for c in choices),
+                )
             )
     names = [o.name for o in options]
     duplicates = {n for n in names if names.count(n) > 1}

@@ -90,3 +90,18 @@ def test_bool_parser_rejects_garbage() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--progress", "maybe"])
     assert isinstance(build_parser(), argparse.ArgumentParser)
+
+
+def test_train_help_gives_every_option_a_meaning_and_hides_the_fault_switches() -> None:
+    from mlflow_audiodiag.cli.main import build_parser
+    from mlflow_audiodiag.training.config import HIDDEN_SECTIONS, OPTION_HELP, option_fields
+
+    visible = [o for o in option_fields() if o.section not in HIDDEN_SECTIONS]
+    assert sorted(o.name for o in visible if o.name not in OPTION_HELP) == []
+    assert set(OPTION_HELP) <= {o.name for o in visible}  # no help for options that are gone
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    text = " ".join(train.format_help().split())
+    assert "(adamw, sgd)" in text and "(none, weighted_loss, balanced_sampler)" in text
+    assert "--fail-rank" not in text and "--shuffle-labels" not in text
+    assert train.parse_args(["--shuffle-labels", "true"]).shuffle_labels is True  # still accepted
