@@ -125,5 +125,5 @@ def _verdict(
         f.severity is Severity.CRITICAL for c, f in found.items() if not by_code[c].symptom
     )
     if critical or not learned(ev, t)[0]:
-        return "inconclusive"  # still improving, but not (yet) above its baseline
+        return "inconclusive"  # its val loss still falls, but accuracy is not above baseline yet
     return "healthy"

@@ -58,8 +58,8 @@ class Thresholds:
     # Best val accuracy at least this far (and the noise margin) above the majority baseline:
     # the run learned something.
     min_improvement: float = 0.02
-    # Relative drop of the val loss from its first epoch to its lowest at or above this: the
-    # run learned something (a small val set hides early progress in its accuracy).
+    # Relative drop of the val loss from its first epoch to its lowest at or above this:
+    # something the model learns carries over to validation (it does not just memorise).
     val_loss_learned: float = 0.05
     # Val loss falling by at least this share of its first value per epoch over the window:
     # still improving, not flat.

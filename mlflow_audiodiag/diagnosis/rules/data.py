@@ -167,8 +167,8 @@ def class_imbalance(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | N
 )
 def label_noise(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     """The model memorises its training labels (train accuracy rises well above chance) while
-    validation never leaves the majority baseline: what it learns does not carry over, the
-    labels do not match the audio."""
+    validation never leaves the majority baseline and its loss does not fall: what it learns
+    does not carry over, the labels do not match the audio."""
     train = require_epochs(ev, S.TRAIN_ACCURACY, t)
     chance = train_chance(ev)
     if chance is None:
@@ -176,7 +176,8 @@ def label_noise(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     val_learned, figures = learned(ev, t)
     best_train = float(train.max())
     memorised = best_train - chance
-    if val_learned or memorised < 2 * t.chance_margin:
+    carries_over = figures.get("val_loss_drop", 0.0) >= t.val_loss_learned
+    if val_learned or carries_over or memorised < 2 * t.chance_margin:
         return None
     evidence: dict[str, float | str] = {
         "best_train_accuracy": best_train,

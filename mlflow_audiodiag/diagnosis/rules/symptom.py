@@ -37,7 +37,6 @@ STAGNANT_VALIDATION = "stagnant_validation"
         "flat_noise_sigmas",
         "repeat_fraction",
         "min_improvement",
-        "val_loss_learned",
         "val_loss_improving",
         "lr_active_fraction",
     ),

@@ -1,0 +1,160 @@
+"""The engine: verdicts judged against the run's own baseline and curve, deference, ranking,
+and rules of the user's own."""
+
+from __future__ import annotations
+
+import numpy as np
+from test_diagnosis_rules import (
+    CASES,
+    EPOCHS,
+    FLAT,
+    GROUPS,
+    STEPS,
+    STUCK,
+    epochs,
+    evidence,
+    steps,
+)
+
+from mlflow_audiodiag import signals
+from mlflow_audiodiag.diagnosis import rules
+from mlflow_audiodiag.diagnosis.engine import diagnose
+from mlflow_audiodiag.diagnosis.evidence import RunEvidence
+from mlflow_audiodiag.diagnosis.findings import Finding, Severity
+
+
+def _causes(result) -> list[str]:
+    return [f.code for f in result.findings if f.severity is not Severity.INFO]
+
+
+def test_a_healthy_run_that_converges_below_point_nine_is_healthy() -> None:
+    result = diagnose(evidence())
+    assert (result.verdict, result.primary_cause) == ("healthy", None)
+    assert _causes(result) == []
+    assert result.skipped_checks == {}
+    symptom = result.finding(rules.STAGNANT_VALIDATION)
+    assert symptom is None or symptom.severity is Severity.INFO  # converged, or still improving
+
+
+def test_a_noisy_but_learning_val_curve_is_healthy() -> None:
+    rng = np.random.default_rng(1)
+    val = list(np.clip(np.linspace(0.3, 0.7, EPOCHS) + 0.06 * rng.standard_normal(EPOCHS), 0, 1))
+    ev = evidence(epochs(**{"val/accuracy": val}), summary_values=None)
+    ev.summary["labels/val/n"] = 40.0  # a small val set: accuracy jitters by sampling alone
+    assert diagnose(ev).verdict == "healthy"
+
+
+def test_a_plateau_explained_by_an_annealed_learning_rate_is_healthy() -> None:
+    lr = list(np.r_[np.full(STEPS // 2, 1e-3), np.geomspace(1e-3, 1e-6, STEPS // 2)])
+    ratios = {f"update_ratio/{g}": list(np.array(lr) * 2) for g in GROUPS}
+    result = diagnose(evidence(step_values=steps(**{"lr/0": lr}, **ratios)))
+    assert result.verdict == "healthy"
+    assert result.finding(rules.LR_TOO_LOW) is None
+
+
+def test_too_low_a_learning_rate_is_stagnant_with_that_cause_and_nothing_inferred() -> None:
+    result = diagnose(CASES[rules.LR_TOO_LOW])
+    assert (result.verdict, result.primary_cause) == ("stagnant", rules.LR_TOO_LOW)
+    assert result.finding(rules.UNDERFITTING) is None  # deferred to the measured cause
+    assert result.finding(rules.LABEL_NOISE) is None
+    assert result.findings[-1].code == rules.STAGNANT_VALIDATION
+
+
+def test_validation_still_improving_below_its_baseline_is_inconclusive_not_stagnant() -> None:
+    ev = evidence(epochs(**{"val/accuracy": FLAT, "val/loss": list(np.linspace(1.39, 1.3, 12))}))
+    result = diagnose(ev)
+    assert result.verdict == "inconclusive"  # not above its baseline yet, but not stuck
+    assert result.finding(rules.STAGNANT_VALIDATION) is None
+
+
+def test_a_collapse_for_most_of_the_run_is_stagnant_even_if_the_last_epochs_wobble() -> None:
+    top = [0.97] * 9 + [0.7, 0.8, 0.75]
+    ev = evidence(epochs(**STUCK, **{"val_pred/top_class_fraction": top}))
+    result = diagnose(ev)
+    assert (result.verdict, result.primary_cause) == ("stagnant", rules.MAJORITY_CLASS_COLLAPSE)
+
+
+def test_memorised_noise_is_label_noise_and_never_leaving_chance_is_underfitting() -> None:
+    noise = diagnose(CASES[rules.LABEL_NOISE])
+    assert (noise.verdict, noise.primary_cause) == ("stagnant", rules.LABEL_NOISE)
+    assert noise.finding(rules.OVERFITTING) is None
+    stuck = diagnose(CASES[rules.UNDERFITTING])
+    assert (stuck.verdict, stuck.primary_cause) == ("stagnant", rules.UNDERFITTING)
+
+
+def test_a_negative_loss_is_invalid_targets_not_a_call_for_mixup() -> None:
+    result = diagnose(CASES[rules.INVALID_TARGETS])
+    assert result.primary_cause == rules.INVALID_TARGETS
+    assert "mixup" in result.finding(rules.INVALID_TARGETS).fix  # checked, not recommended
+    assert result.finding(rules.OVERFITTING) is None
+
+
+def test_non_finite_values_mean_diverged() -> None:
+    result = diagnose(CASES[rules.NON_FINITE])
+    assert (result.verdict, result.primary_cause) == ("diverged", rules.NON_FINITE)
+
+
+def test_growing_gradient_norms_count_as_exploding_even_with_bounded_updates() -> None:
+    grown = steps(**{"grad_norm/total": list(np.geomspace(1.0, 500.0, STEPS))})
+    result = diagnose(evidence(epochs(**STUCK), grown))
+    assert result.primary_cause == rules.EXPLODING_GRADIENTS
+
+
+def test_an_early_blow_up_that_leaves_dead_units_is_lr_too_high_not_vanishing() -> None:
+    early = STEPS // 20
+    loss = list(np.r_[np.full(3, 1.4), np.full(early, 8.0), np.full(STEPS - early - 3, 1.39)])
+    dead = list(np.r_[np.full(early, 50.0), np.full(STEPS - early, 1e-9)])
+    blown = steps(
+        **{"train/step_loss": loss, "grad_norm/total": dead},
+        **{f"grad_norm/{g}": dead for g in GROUPS},
+        **{f"update_ratio/{g}": list(np.r_[np.full(early, 0.5), np.full(STEPS - early, 0.0)])
+           for g in GROUPS},
+    )  # fmt: skip
+    result = diagnose(evidence(epochs(**STUCK, **{"train/accuracy": FLAT}), blown))
+    assert result.primary_cause == rules.LR_TOO_HIGH
+    assert result.finding(rules.VANISHING_GRADIENTS) is None
+    assert result.finding(rules.NO_WEIGHT_UPDATES) is None
+
+
+def test_a_downstream_finding_is_capped_when_the_cause_it_defers_to_fires() -> None:
+    ev = CASES[rules.LR_TOO_HIGH]
+    ev.epochs.add(
+        signals.ATTENTION_ENTROPY.key(layer=0),
+        np.array([(e, 0.01) for e in range(1, EPOCHS + 1)], dtype=float),
+    )
+    result = diagnose(ev)
+    attention = result.finding(rules.ATTENTION_COLLAPSE)
+    assert attention.severity is Severity.INFO and attention.score <= 0.5
+    assert "lr_too_high" in attention.evidence["explained_by"]
+    assert result.primary_cause == rules.LR_TOO_HIGH
+
+
+def test_every_check_without_its_signal_is_listed_as_skipped() -> None:
+    empty = diagnose(RunEvidence())
+    assert empty.verdict == "inconclusive"
+    assert set(empty.skipped_checks) | set(empty.not_applicable) == set(rules.FINDING_CODES)
+
+
+def test_rules_of_the_users_own_run_beside_the_built_in_ones() -> None:
+    def silence(ev: RunEvidence, t, ctx) -> Finding | None:
+        """Validation clips are silent."""
+        return Finding("silent_clips", Severity.CRITICAL, "Silent clips", {}, {}, "Fix it.", 0.9)
+
+    custom = rules.Rule(
+        code="silent_clips",
+        family="data",
+        title="Silent clips",
+        check=silence,
+        precedence=9,
+        thresholds=(),
+        signals=(signals.AUDIO_STAT,),
+    )
+    result = diagnose(CASES[rules.STAGNANT_VALIDATION], rules=[*rules.RULES, custom])
+    assert result.primary_cause == "silent_clips"
+    assert "silent_clips" not in rules.REGISTRY  # the built-in registry is untouched
+
+
+def test_a_critical_cause_outranks_a_better_scored_warning() -> None:
+    result = diagnose(CASES[rules.MAJORITY_CLASS_COLLAPSE])
+    severities = [f.severity for f in result.findings if f.code != rules.STAGNANT_VALIDATION]
+    assert severities == sorted(severities, key=lambda s: -s.rank)
