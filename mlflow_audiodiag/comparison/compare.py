@@ -22,7 +22,7 @@ from mlflow_audiodiag.comparison.summary import (
     finding_counts,
     verdict_counts,
 )
-from mlflow_audiodiag.reporting.comparison_page import render_comparison
+from mlflow_audiodiag.comparison.page import render_comparison
 
 VAL_ACCURACY = schema.split_metric(schema.SPLIT_VAL, "accuracy")
 

@@ -14,7 +14,7 @@ from mlflow_audiodiag.comparison.summary import (
     text_table,
     verdict_counts,
 )
-from mlflow_audiodiag.reporting.comparison_page import render_comparison
+from mlflow_audiodiag.comparison.page import render_comparison
 
 
 def run(name: str, verdict: str, cause: str | None, findings: list[str], seconds: float):
