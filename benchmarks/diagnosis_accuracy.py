@@ -11,7 +11,7 @@ front-end, architecture and dataset and overall, and every miss with what the di
     python benchmarks/diagnosis_accuracy.py --only front_end=user --only scenario=lr_too_high
 
 Outputs in ``--out`` (default: a new temporary folder): ``mlflow.db`` and ``artifacts/``
-(the runs, with the diagnosis written back), ``results/<run>.json``, ``logs/<run>.log``,
+(the runs; with ``--write-back`` also their diagnosis), ``results/<run>.json``, ``logs/<run>.log``,
 ``results.csv``, ``results.json``, ``summary.json`` and ``report.txt``. Exit status: 1 when
 a run failed or timed out, 2 when ``--min-accuracy`` / ``--max-false-alarms`` are not met.
 """
@@ -49,7 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--resume", action="store_true", help="reuse results found in --out")
     parser.add_argument(
-        "--no-write-back", action="store_true", help="do not write diagnoses back to the runs"
+        "--write-back",
+        action="store_true",
+        help="write each diagnosis back to its run (tags, description, report; ~3 s a run)",
     )
     parser.add_argument(
         "--delivery",
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         experiment=EXPERIMENT,
         jobs=args.jobs,
         timeout_s=args.timeout,
-        write_back=not args.no_write_back,
+        write_back=args.write_back,
         delivery=args.delivery,
         resume=args.resume,
     )

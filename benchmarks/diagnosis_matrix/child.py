@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
+import statistics
 import time
 import traceback
 import warnings
@@ -55,10 +57,44 @@ def _train(spec: RunSpec, experiment: str) -> str:
     return train_user_loop(model, data, recipe, spec.seed, spec.key, spec.tags())
 
 
-def _best_val_accuracy(run_id: str) -> float | None:
-    history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "val/accuracy")
-    values = [m.value for m in history if m.value == m.value]
-    return max(values) if values else None
+def _values(client: mlflow.tracking.MlflowClient, run_id: str, key: str) -> list[float]:
+    history = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    return [m.value for m in history]
+
+
+def observed_pattern(run_id: str) -> dict[str, float | None]:
+    """What the run really did (to check that its fault produced its pattern): accuracy
+    and loss at the start, best and end, gradient norms early and late, non-finite losses."""
+    client = mlflow.tracking.MlflowClient()
+    out: dict[str, float | None] = {}
+
+    def finite(values: list[float]) -> list[float]:
+        return [v for v in values if math.isfinite(v)]
+
+    val = finite(_values(client, run_id, "val/accuracy"))
+    train = finite(_values(client, run_id, "train/accuracy"))
+    loss = _values(client, run_id, "train/loss")
+    grads = finite(_values(client, run_id, "grad_norm/total"))
+    quarter = max(1, len(grads) // 4)
+    out["epochs"] = float(len(val))
+    out["val_first"] = val[0] if val else None
+    out["val_best"] = max(val) if val else None
+    out["val_last"] = val[-1] if val else None
+    out["train_acc_last"] = train[-1] if train else None
+    out["train_loss_first"] = loss[0] if loss else None
+    out["train_loss_min"] = min(finite(loss)) if finite(loss) else None
+    out["train_loss_last"] = loss[-1] if loss else None
+    out["grad_norm_early"] = statistics.median(grads[:quarter]) if grads else None
+    out["grad_norm_late"] = statistics.median(grads[-quarter:]) if grads else None
+    out["grad_norm_max"] = max(grads) if grads else None
+    layers = [k for k in client.get_run(run_id).data.metrics if k.startswith("attention_entropy/")]
+    entropies = [finite(_values(client, run_id, k))[-1:] for k in layers]
+    out["attention_entropy_min"] = min((e[0] for e in entropies if e), default=None)
+    nonfinite = _values(client, run_id, "nonfinite/loss")
+    out["nonfinite_losses"] = nonfinite[-1] if nonfinite else None
+    majority = _values(client, run_id, "labels/val/majority_fraction")
+    out["val_majority"] = majority[-1] if majority else None
+    return {k: (None if v is None or not math.isfinite(v) else round(v, 6)) for k, v in out.items()}
 
 
 def execute(spec: RunSpec, tracking_uri: str, experiment: str, write_back: bool) -> dict:
@@ -74,7 +110,8 @@ def execute(spec: RunSpec, tracking_uri: str, experiment: str, write_back: bool)
         result["run_id"] = run_id
         result["train_seconds"] = round(time.monotonic() - started, 1)
         result.update(diagnose(run_id, write=write_back and spec.front_end != "bundled"))
-        result["best_val_accuracy"] = _best_val_accuracy(run_id)
+        result["pattern"] = pattern = observed_pattern(run_id)
+        result["best_val_accuracy"] = pattern["val_best"]
         result["status"] = "ok"
     except Exception as error:  # reported in the table, never lost
         result.update(status="error", error=f"{type(error).__name__}: {error}")

@@ -36,6 +36,7 @@ FAST: tuple[tuple[str, str, str, str], ...] = (
 
 
 def full_matrix(seeds: Iterable[int] = SEEDS) -> list[RunSpec]:
+    seeds = tuple(seeds)
     specs = []
     for name, scenario in SCENARIOS.items():
         for seed in seeds:

@@ -9,6 +9,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from benchmarks.diagnosis_matrix.checks import fault_check
+
 CAUSES = (
     "lr_too_low",
     "lr_too_high",
@@ -79,6 +81,7 @@ def stats(results: list[dict]) -> dict:
     healthy = [r for r in scored if r["expected"] == "none"]
     hits = sum(correct(r) for r in faulty)
     alarms = sum(false_alarm(r) for r in healthy)
+    produced = [r for r in faulty if fault_check(r)[0]]
     return {
         "runs": len(results),
         "errors": len(results) - len(scored),
@@ -89,6 +92,10 @@ def stats(results: list[dict]) -> dict:
         "false_alarms": alarms,
         "false_alarm_rate": alarms / len(healthy) if healthy else None,
         "healthy_verdicts": sum(r["verdict"] == "healthy" for r in healthy),
+        "faulty_with_pattern": len(produced),
+        "cause_accuracy_with_pattern": (
+            sum(correct(r) for r in produced) / len(produced) if produced else None
+        ),
     }
 
 
@@ -184,8 +191,34 @@ def misses(results: list[dict]) -> str:
         lines.append(
             f"{r['key']}: expected {r['expected']}, verdict {r['verdict']}, primary "
             f"{r['primary_cause']}, best val {best_text}; {_top_findings(r)}"
+            + ("" if fault_check(r)[0] is not False else " [fault pattern not shown]")
         )
     return "\n".join(lines) or "none"
+
+
+def unproduced(results: list[dict]) -> str:
+    """Runs whose fault (or healthy set-up) did not show the pattern it is meant to."""
+    lines = []
+    for r in results:
+        produced, what = fault_check(r)
+        if ok(r) and produced is False:
+            lines.append(f"{r['key']}: not shown: {what}; {_pattern_text(r)}")
+    return "\n".join(lines) or "none"
+
+
+def _pattern_text(result: dict) -> str:
+    p = result.get("pattern") or {}
+
+    def number(key: str, spec: str = ".2f") -> str:
+        value = p.get(key)
+        return "n/a" if value is None else format(value, spec)
+
+    return (
+        f"val {number('val_first')}->{number('val_best')}->{number('val_last')}, train acc "
+        f"{number('train_acc_last')}, loss {number('train_loss_first')}->"
+        f"{number('train_loss_min')}, grad norm {number('grad_norm_early', '.1e')}->"
+        f"{number('grad_norm_late', '.1e')} (max {number('grad_norm_max', '.1e')})"
+    )
 
 
 def write_outputs(results: list[dict], summary: dict, out: Path) -> None:
@@ -216,9 +249,14 @@ def write_outputs(results: list[dict], summary: dict, out: Path) -> None:
         writer.writeheader()
         for r in results:
             row = dict(r, correct=correct(r), false_alarm=ok(r) and false_alarm(r))
+            row["fault_produced"] = fault_check(r)[0]
             row["findings"] = _top_findings(r, n=20)
             writer.writerow(row)
     (out / "report.txt").write_text(full_report(results, summary) + "\n")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def full_report(results: list[dict], summary: dict) -> str:
@@ -236,7 +274,12 @@ def full_report(results: list[dict], summary: dict) -> str:
             f"({overall['cause_correct']}/{overall['faulty']}); false alarms (healthy runs): "
             f"{overall['false_alarms']}/{overall['healthy']}"
             f" ({'-' if rate is None else f'{rate:.1%}'}); errors: {overall['errors']}",
+            f"cause accuracy on faulty runs that showed their pattern: "
+            f"{_percent(overall['cause_accuracy_with_pattern'])} "
+            f"({overall['faulty_with_pattern']} of {overall['faulty']} runs)",
             "== misses (expected cause not named, or a healthy run alarmed) ==",
             misses(results),
+            "== runs whose set-up did not show its intended pattern ==",
+            unproduced(results),
         ]
     )
