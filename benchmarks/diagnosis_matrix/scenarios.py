@@ -178,8 +178,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             INVALID_TARGETS,
             INVALID_TARGETS,
-            "mixup with a weight drawn from [0.5, 2]: (1 - lam) < 0 gives negative targets",
-            {"mixup": (0.5, 2.0)},
+            "mixup weight drawn from [1, 2] instead of [0, 1]: (1 - lam) < 0, negative targets",
+            {"mixup": (1.0, 2.0)},
         ),
     )
 }
