@@ -53,12 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="write each diagnosis back to its run (tags, description, report; ~3 s a run)",
     )
-    parser.add_argument(
-        "--delivery",
-        choices=("thread", "process"),
-        default="thread",
-        help="how the monitor sends points (process: the package default; thread: faster)",
-    )
     parser.add_argument("--min-accuracy", type=float, default=None)
     parser.add_argument("--max-false-alarms", type=int, default=None)
     parser.add_argument("--list", action="store_true", help="list the selected runs and exit")
@@ -105,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         jobs=args.jobs,
         timeout_s=args.timeout,
         write_back=args.write_back,
-        delivery=args.delivery,
         resume=args.resume,
     )
     results = run_all(specs, config, on_result=_progress)

@@ -199,6 +199,13 @@ EPOCH_LAST_STEP = Signal(
     BY_EPOCH,
     "the global step at the end of the epoch (maps epochs onto the step table)",
 )
+TRAIN_BATCHES = Signal(
+    "train/batches",
+    EPOCH,
+    "forward passes",
+    BY_EPOCH + "; the model's forward hook",
+    "training-mode forward passes of the model in the epoch",
+)
 TOP_CLASS_FRACTION = Signal(
     "val_pred/top_class_fraction",
     EPOCH,

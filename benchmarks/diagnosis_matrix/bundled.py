@@ -50,7 +50,7 @@ def bundled_options(spec: RunSpec) -> dict[str, Any]:
 def warm_bundled_cache(spec: RunSpec) -> None:
     """Generates the data and builds the feature cache ``spec`` needs, so that parallel runs
     only read them."""
-    from mlflow_audiodiag.data.synthetic import default_cache_root
+    from mlflow_audiodiag.cache import default_cache_root
     from mlflow_audiodiag.features.store import build_feature_store
     from mlflow_audiodiag.training.config import TrainConfig
     from mlflow_audiodiag.training.dataset_source import resolve_clip_table

@@ -3,7 +3,6 @@ write the result as JSON."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -120,24 +119,12 @@ def execute(spec: RunSpec, tracking_uri: str, experiment: str, write_back: bool)
     return result
 
 
-def use_delivery(mode: str) -> None:
-    """Sends the monitor's points through ``mode``: ``process`` (the package's default) or
-    ``thread`` (no extra Python process per run; the points and the diagnosis are the same).
-    """
-    if mode == "process":
-        return
-    from mlflow_audiodiag.monitoring import monitor, sink
-
-    monitor.SinkConfig = functools.partial(sink.SinkConfig, delivery=mode)
-
-
 def child_main(
     spec_dict: dict,
     result_path: str,
     tracking_uri: str,
     experiment: str,
     write_back: bool,
-    delivery: str,
 ) -> None:
     """Entry point of a child process: its own session (so that a timeout can kill its
     whole process group), one thread, quiet logs; the result JSON is written atomically."""
@@ -147,7 +134,6 @@ def child_main(
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    use_delivery(delivery)
     result = execute(RunSpec(**spec_dict), tracking_uri, experiment, write_back)
     partial = Path(result_path + ".partial")
     partial.write_text(json.dumps(result, indent=2))

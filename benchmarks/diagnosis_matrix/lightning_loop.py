@@ -22,7 +22,7 @@ from benchmarks.diagnosis_matrix.recipe import (
     make_scheduler,
     mixup_batch,
 )
-from mlflow_audiodiag.monitoring.adapters.lightning import AudioDiagCallback
+from mlflow_audiodiag.integrations.lightning import AudioDiagCallback
 
 
 class LitClassifier(pl.LightningModule):

@@ -3,7 +3,7 @@
 Children are forked from a fork server that has imported torch, MLflow, Lightning and the
 package once, so a run does not pay Python's start-up. Each child starts its own session;
 a child that outlives its timeout is killed with its whole process group (its data-loader
-workers and metric-delivery process included), and so are leftovers of a finished child.
+workers included), and so are leftovers of a finished child.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ class RunnerConfig:
     jobs: int = 2
     timeout_s: float = 600.0
     write_back: bool = True
-    delivery: str = "thread"
     resume: bool = False
 
 
@@ -108,7 +107,6 @@ def _start(context: mp.context.BaseContext, spec: RunSpec, config: RunnerConfig)
             config.tracking_uri,
             config.experiment,
             config.write_back,
-            config.delivery,
         ),
         name=spec.key,
     )
@@ -117,14 +115,14 @@ def _start(context: mp.context.BaseContext, spec: RunSpec, config: RunnerConfig)
 
 
 def _child_entry(
-    spec: dict, result: str, log: str, uri: str, experiment: str, write_back: bool, delivery: str
+    spec: dict, result: str, log: str, uri: str, experiment: str, write_back: bool
 ) -> None:
     """Sends the child's stdout and stderr to its log file, then runs it."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-    child_main(spec, result, uri, experiment, write_back, delivery)
+    child_main(spec, result, uri, experiment, write_back)
 
 
 def _poll(item: _Running, config: RunnerConfig) -> dict | None:

@@ -1,10 +1,10 @@
-"""A plain PyTorch training loop instrumented with the package's public API, and the
+"""A plain PyTorch training loop instrumented the way the README shows (``watch``), and the
 diagnosis of a finished run.
 
-Everything the benchmark calls on the monitoring and diagnosis API lives in this module
-(``TrainingMonitor``, ``log_dataset``, ``after_backward``, ``clip_grad_norm_``,
-``after_step``, ``end_epoch``, ``close``, ``diagnose_run``), so that a change of that API is
-one edit here.
+Everything the benchmark calls on the monitoring and diagnosis API lives in this module, so
+that a change of that API is one edit here. The loop is a user's: ``nn.CrossEntropyLoss``,
+torch's own ``clip_grad_norm_``, a scheduler; the monitor sees it through ``watch()`` and
+``end_epoch`` only, plus ``log_loss`` where the loss is assembled from several calls (mixup).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 import mlflow
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from benchmarks.diagnosis_matrix.recipe import (
     Prepared,
@@ -23,8 +22,8 @@ from benchmarks.diagnosis_matrix.recipe import (
     make_scheduler,
     mixup_batch,
 )
-from mlflow_audiodiag.diagnosis.writeback import diagnose_run
-from mlflow_audiodiag.monitoring.monitor import TrainingMonitor
+from mlflow_audiodiag import TrainingMonitor, watch
+from mlflow_audiodiag.reporting.writeback import diagnose_run
 
 _EVAL_BATCH = 256
 
@@ -42,32 +41,15 @@ def train_user_loop(
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model, recipe)
     scheduler = make_scheduler(optimizer, recipe)
+    criterion = nn.CrossEntropyLoss()
     with mlflow.start_run(run_name=run_name, tags=tags) as run:
         mlflow.log_params(recipe.params())
-        monitor = TrainingMonitor(model, optimizer)
-        monitor.log_dataset("train", data.y_train, data.classes, features=data.x_train)
-        monitor.log_dataset("val", data.y_val, data.classes, features=data.x_val)
-        if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
-            monitor.set_attention_probe(data.x_val[:16])
+        monitor = watch(model, optimizer, loss_fn=criterion, classes=data.classes, diagnose=False)
         for epoch in range(1, recipe.epochs + 1):
-            train_loss, train_accuracy = _train_epoch(
-                model, optimizer, monitor, data, recipe, generator
-            )
+            _train_epoch(model, optimizer, criterion, monitor, data, recipe, generator)
             if scheduler is not None:
                 scheduler.step()
-            val_logits = _predict(model, data.x_val)
-            monitor.end_epoch(
-                epoch,
-                data.y_val,
-                val_logits,
-                classes=data.classes,
-                metrics={
-                    "train/loss": train_loss,
-                    "train/accuracy": train_accuracy,
-                    "val/loss": F.cross_entropy(val_logits, data.y_val).item(),
-                    "val/accuracy": (val_logits.argmax(1) == data.y_val).float().mean().item(),
-                },
-            )
+            monitor.end_epoch(epoch, data.y_val, _predict(model, data.x_val))
         monitor.close()
     return run.info.run_id
 
@@ -75,37 +57,30 @@ def train_user_loop(
 def _train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
     monitor: TrainingMonitor,
     data: Prepared,
     recipe: Recipe,
     generator: torch.Generator,
-) -> tuple[float, float]:
+) -> None:
     model.train()
     order = torch.randperm(len(data.y_train), generator=generator)
-    losses, correct = [], 0
     for start in range(0, len(order), recipe.batch_size):
         batch = order[start : start + recipe.batch_size]
         inputs, targets = data.x_train[batch], data.y_train[batch]
+        optimizer.zero_grad()
         if recipe.mixup is not None:
             inputs, targets, other, lam = mixup_batch(inputs, targets, recipe, generator)
             logits = model(inputs)
-            loss = lam * F.cross_entropy(logits, targets) + (1 - lam) * F.cross_entropy(
-                logits, other
-            )
+            loss = lam * criterion(logits, targets) + (1 - lam) * criterion(logits, other)
+            monitor.log_loss(loss)  # assembled from two calls: hand the monitor the sum
         else:
-            logits = model(inputs)
-            loss = F.cross_entropy(logits, targets)
-        optimizer.zero_grad()
+            loss = criterion(model(inputs), targets)
         loss.backward()
-        monitor.after_backward(loss)
         if recipe.grad_clip > 0:
-            monitor.clip_grad_norm_(recipe.grad_clip)
+            nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         if not recipe.skip_step:
             optimizer.step()
-        monitor.after_step()
-        losses.append(loss.detach())
-        correct += int((logits.argmax(1) == targets).sum())
-    return torch.stack(losses).mean().item(), correct / len(order)
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from mlflow_audiodiag import schema
 from mlflow_audiodiag.comparison.collect import RunSummary, collect_runs, diagnose_missing
 from mlflow_audiodiag.comparison.figures import findings_heatmap, validation_overlay
+from mlflow_audiodiag.comparison.page import render_comparison
 from mlflow_audiodiag.comparison.summary import (
     CauseCost,
     comparison_frame,
@@ -22,7 +23,6 @@ from mlflow_audiodiag.comparison.summary import (
     finding_counts,
     verdict_counts,
 )
-from mlflow_audiodiag.comparison.page import render_comparison
 
 VAL_ACCURACY = schema.split_metric(schema.SPLIT_VAL, "accuracy")
 

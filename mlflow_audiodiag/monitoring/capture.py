@@ -129,6 +129,7 @@ class ModelTaps:
         self.validating = True  # eval-mode forwards count as validation until told otherwise
         self.explicit_loss = False
         self.keep_eval = False  # keep eval-mode logits (and labels) for take_eval()
+        self._train_forwards = 0
         self._eval_logits: list[torch.Tensor] = []
         self._eval_targets: list[torch.Tensor] = []
         self._pending = _Pending()
@@ -179,6 +180,7 @@ class ModelTaps:
                 if labels is not None:
                     self._eval_targets.append(labels.detach())
             return
+        self._train_forwards += 1
         logits, model_loss = _logits_and_loss(output)
         if model_loss is not None:
             self._pending.model_losses.append(model_loss.detach().reshape(()))
@@ -208,6 +210,11 @@ class ModelTaps:
         self._pending.losses.append(output.detach().reshape(-1).mean())
         if len(args) >= 2 and isinstance(args[1], torch.Tensor):
             self._pending.targets.append(args[1].detach())
+
+    def take_forward_count(self) -> int:
+        """Training-mode forward passes since the last call."""
+        count, self._train_forwards = self._train_forwards, 0
+        return count
 
     def observe_targets(self, targets: torch.Tensor) -> None:
         """The targets of the training batch just run (an adapter reads them off the batch)."""

@@ -345,6 +345,12 @@ class TrainingMonitor:
             self.tracker.after_backward()
             self.tracker.before_step()
 
+    def log_loss(self, loss: torch.Tensor) -> None:
+        """The loss the loop optimizes in the current step, in any mode: for a loss the
+        monitor cannot see whole (assembled from several calls, e.g. mixup's two terms)."""
+        self._explicit_loss = loss.detach()
+        self.taps.explicit_loss = True
+
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """``torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)``, reusing the
         gradient norms :meth:`after_backward` just recorded instead of computing them again.
@@ -447,7 +453,11 @@ class TrainingMonitor:
             self.classes = list(classes)
         self._drain()
         self._epochs_seen += 1
-        row: dict[str, float] = {"epoch": float(epoch), signals.EPOCH_LAST_STEP.name: self.step}
+        row: dict[str, float] = {
+            "epoch": float(epoch),
+            signals.EPOCH_LAST_STEP.name: self.step,
+            signals.TRAIN_BATCHES.name: float(self.taps.take_forward_count()),
+        }
         row.update(self._train_scores())
         if val_targets is not None and val_logits is not None:
             row.update(self._validation_scores(_to_numpy(val_targets), _to_numpy(val_logits)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 
 from mlflow_audiodiag.comparison.collect import NOT_DIAGNOSED, RunSummary
+from mlflow_audiodiag.comparison.page import render_comparison
 from mlflow_audiodiag.comparison.summary import (
     UNKNOWN_CAUSE,
     comparison_frame,
@@ -14,7 +15,6 @@ from mlflow_audiodiag.comparison.summary import (
     text_table,
     verdict_counts,
 )
-from mlflow_audiodiag.comparison.page import render_comparison
 
 
 def run(name: str, verdict: str, cause: str | None, findings: list[str], seconds: float):

@@ -56,12 +56,22 @@ def _group_grad_medians(ev: RunEvidence, t: Thresholds) -> dict[str, float]:
     title="Weights not updated",
     precedence=0,
     thresholds=("frozen_fraction", "update_ratio_zero", "vanishing_norm"),
-    signals=(S.FROZEN_FRACTION, S.UPDATE_RATIO, S.GRAD_NORM, S.LR),
+    signals=(
+        S.FROZEN_FRACTION,
+        S.UPDATE_RATIO,
+        S.GRAD_NORM,
+        S.LR,
+        S.TRAIN_BATCHES,
+        S.EPOCH_LAST_STEP,
+    ),
     defers_to=("non_finite", LR_TOO_HIGH),
 )
 def no_weight_updates(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     """Parameter groups are frozen, or receive gradients but their weights do not change (the
     optimizer does not step, or its LR is 0)."""
+    never = _never_stepped(ev)
+    if never is not None:
+        return never
     frozen = {
         g: value
         for g in ev.groups(S.FROZEN_FRACTION)
@@ -107,6 +117,32 @@ def no_weight_updates(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding |
             "not 0 (lr/<param group> in monitor/steps.parquet)."
         ),
         score=score(share),
+    )
+
+
+def _never_stepped(ev: RunEvidence) -> Finding | None:
+    """The model ran training batches, but the optimizer never stepped."""
+    batches = ev.values(S.TRAIN_BATCHES.name)
+    last_step = ev.values(S.EPOCH_LAST_STEP.name)
+    if batches is None or last_step is None or np.nansum(batches) == 0:
+        return None
+    if np.nanmax(last_step) > 0:
+        return None
+    return Finding(
+        code=NO_WEIGHT_UPDATES,
+        severity=Severity.CRITICAL,
+        title=f"The optimizer never stepped in {int(np.nansum(batches))} training batches",
+        evidence={
+            "training_batches": float(np.nansum(batches)),
+            "optimizer_steps": 0.0,
+        },
+        thresholds={},
+        fix=(
+            "Call optimizer.step() after backward() in every training step (with manual "
+            "optimization: self.optimizers().step()); an AMP GradScaler skips steps whose "
+            "gradients are not finite."
+        ),
+        score=1.0,
     )
 
 
