@@ -121,9 +121,12 @@ def _verdict(
     symptom = found.get(STAGNANT_VALIDATION)
     if collapse is not None or (symptom is not None and symptom.severity != Severity.INFO):
         return "stagnant"
-    critical = any(
-        f.severity is Severity.CRITICAL for c, f in found.items() if not by_code[c].symptom
+    causes = [f for c, f in found.items() if not by_code[c].symptom]
+    critical = any(f.severity is Severity.CRITICAL for f in causes)
+    # Still improving, but a cause already shows: too early to call it healthy.
+    open_cause = any(
+        f.severity is Severity.WARNING and by_code[f.code].plateau_cause for f in causes
     )
-    if critical or not learned(ev, t)[0]:
-        return "inconclusive"  # its val loss still falls, but accuracy is not above baseline yet
+    if critical or open_cause or not learned(ev, t)[0]:
+        return "inconclusive"
     return "healthy"
