@@ -119,8 +119,9 @@ def _verdict(
         return "inconclusive"
     collapse = found.get(MAJORITY_CLASS_COLLAPSE)
     symptom = found.get(STAGNANT_VALIDATION)
-    if collapse is not None or (symptom is not None and symptom.severity != Severity.INFO):
-        return "stagnant"
+    for finding in (collapse, symptom):
+        if finding is not None and finding.severity is not Severity.INFO:
+            return "stagnant"
     causes = [f for c, f in found.items() if not by_code[c].symptom]
     critical = any(f.severity is Severity.CRITICAL for f in causes)
     # Still improving, but a cause already shows: too early to call it healthy.

@@ -158,3 +158,28 @@ def test_a_critical_cause_outranks_a_better_scored_warning() -> None:
     result = diagnose(CASES[rules.MAJORITY_CLASS_COLLAPSE])
     severities = [f.severity for f in result.findings if f.code != rules.STAGNANT_VALIDATION]
     assert severities == sorted(severities, key=lambda s: -s.rank)
+
+
+def test_nan_after_growing_gradients_is_named_exploding_gradients() -> None:
+    onset = STEPS - 20
+    grown = steps(
+        **{
+            "grad_norm/total": list(np.r_[np.geomspace(1.0, 1e4, onset), np.full(20, np.nan)]),
+            "nonfinite/loss": [0.0] * onset + [1.0] * 20,
+        }
+    )
+    result = diagnose(evidence(epochs(**STUCK), grown))
+    assert result.verdict == "diverged"
+    assert result.primary_cause == rules.EXPLODING_GRADIENTS
+    assert result.finding(rules.NON_FINITE).evidence["explained_by"] == "exploding_gradients"
+
+
+def test_a_collapse_caused_by_broken_inputs_is_named_for_the_inputs() -> None:
+    ev = CASES[rules.NORMALIZATION_MISMATCH]
+    ev.epochs.add(
+        signals.TOP_CLASS_FRACTION.name,
+        np.array([(e, 0.99) for e in range(1, EPOCHS + 1)], dtype=float),
+    )
+    result = diagnose(ev)
+    assert result.primary_cause == rules.NORMALIZATION_MISMATCH
+    assert result.finding(rules.MAJORITY_CLASS_COLLAPSE).severity is Severity.INFO

@@ -36,6 +36,12 @@ _OPTIMIZATION = (
     "lr_too_low",
 )
 
+_UPSTREAM_OF_COLLAPSE = (
+    *_OPTIMIZATION,
+    "unnormalized_features",
+    "normalization_mismatch",
+)
+
 _BALANCE = (
     "weight the loss inversely to class frequency (CrossEntropyLoss(weight=...)) or draw "
     "batches with equal class frequency (a WeightedRandomSampler)"
@@ -49,6 +55,10 @@ _BALANCE = (
     precedence=0,
     thresholds=("collapse_top_fraction", "collapse_epoch_share", "majority_tolerance"),
     signals=(S.TOP_CLASS_FRACTION, S.VAL_ACCURACY, S.MAJORITY_BASELINE, S.N_PREDICTED_CLASSES),
+    # A network wrecked by the optimization or fed broken inputs often predicts one class:
+    # then the collapse is the consequence, and the cause upstream is named instead.
+    defers_to=_UPSTREAM_OF_COLLAPSE,
+    deference="cap",
 )
 def majority_class_collapse(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     """Validation predictions concentrated on one class for most of the run (or, without

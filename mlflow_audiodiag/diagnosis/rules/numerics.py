@@ -7,7 +7,13 @@ import numpy as np
 from mlflow_audiodiag import signals as S
 from mlflow_audiodiag.diagnosis.evidence import RunEvidence
 from mlflow_audiodiag.diagnosis.findings import Finding, Severity
-from mlflow_audiodiag.diagnosis.rules.common import clip_advice, finite, knob, lr_advice
+from mlflow_audiodiag.diagnosis.rules.common import (
+    clip_advice,
+    finite,
+    knob,
+    lr_advice,
+    windowed_medians,
+)
 from mlflow_audiodiag.diagnosis.rules.registry import Context, MissingSignal, rule
 from mlflow_audiodiag.diagnosis.thresholds import Thresholds
 
@@ -20,8 +26,15 @@ INVALID_TARGETS = "invalid_targets"
     family="numerics",
     title="Non-finite values",
     precedence=0,
-    thresholds=("nonfinite_count",),
-    signals=(S.NONFINITE_LOSS, S.NONFINITE_GRADS, S.TRAIN_LOSS, S.VAL_LOSS, S.FEATURE_STAT),
+    thresholds=("nonfinite_count", "growth_ratio"),
+    signals=(
+        S.NONFINITE_LOSS,
+        S.NONFINITE_GRADS,
+        S.TRAIN_LOSS,
+        S.VAL_LOSS,
+        S.FEATURE_STAT,
+        S.GRAD_NORM_TOTAL,
+    ),
 )
 def non_finite(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     """Non-finite losses, gradients, epoch losses or feature values were counted."""
@@ -51,11 +64,18 @@ def non_finite(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
         return None
     onset = _first_nonfinite_step(ev)
     evidence: dict[str, float | str] = dict(counts)
+    growth = None
     if onset is not None:
         evidence["first_nonfinite_step"] = onset
+        growth = _growth_before(ev, onset)
+    inputs_bad = counts.get("feature values (nan/inf)", 0.0) > t.nonfinite_count
+    after_growth = growth is not None and growth >= t.growth_ratio and not inputs_bad
+    if after_growth:  # the gradients grew first: the explosion is the cause, NaN its end
+        evidence["grad_norm_growth_before"] = growth
+        evidence["explained_by"] = "exploding_gradients"
     return Finding(
         code=NON_FINITE,
-        severity=Severity.CRITICAL,
+        severity=Severity.WARNING if after_growth else Severity.CRITICAL,
         title="Non-finite values (NaN/inf) appeared: " + ", ".join(bad),
         evidence=evidence,
         thresholds={"nonfinite_count": t.nonfinite_count},
@@ -64,8 +84,23 @@ def non_finite(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
             "up; check the inputs for NaN/inf (monitor/features.json: nan_count, inf_count) "
             "and take the log of power with a floor (dB features), never log(0)."
         ),
-        score=1.0,
+        score=0.5 if after_growth else 1.0,
     )
+
+
+def _growth_before(ev: RunEvidence, onset: float) -> float | None:
+    """How much the total gradient norm grew (windowed medians) before ``onset``."""
+    rows = ev.steps.series(S.GRAD_NORM_TOTAL.name)
+    if rows is None:
+        return None
+    values = rows[(rows[:, 0] < onset) & np.isfinite(rows[:, 1]), 1]
+    if len(values) < 8:
+        return None
+    medians = windowed_medians(values)
+    earlier = np.minimum.accumulate(medians)
+    if len(medians) < 2:
+        return None
+    return float(np.max(medians[1:] / np.maximum(earlier[:-1], 1e-30)))
 
 
 def _first_nonfinite_step(ev: RunEvidence) -> float | None:
