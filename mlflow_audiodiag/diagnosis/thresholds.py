@@ -27,7 +27,7 @@ _FRACTIONS = (
     "overfit_gap",
     "overfit_gap_growth",
     "chance_margin",
-    "train_flat_change",
+    "underfit_loss_fraction",
     "attention_entropy_low",
     "attention_entropy_high",
 )
@@ -61,8 +61,9 @@ class Thresholds:
     # Relative drop of the val loss from its first epoch to its lowest at or above this:
     # something the model learns carries over to validation (it does not just memorise).
     val_loss_learned: float = 0.05
-    # Val loss falling by at least this share of its first value per epoch over the window:
-    # still improving, not flat.
+    # A loss falling by at least this share of its first value per epoch over the window is
+    # still improving (the val loss: not a plateau; the train loss under flat accuracy: a
+    # model that fits slowly).
     val_loss_improving: float = 0.005
     # Steps/epochs with LR below this share of its peak are left out (warmup start, annealed tail).
     lr_active_fraction: float = 0.1
@@ -147,9 +148,8 @@ class Thresholds:
     val_loss_rise_ratio: float = 1.25
     # Train accuracy at most this above the chance level: it never left chance.
     chance_margin: float = 0.05
-    # Relative drop of the train loss over the second half of the active epochs below this:
-    # training has stopped improving (with a small train-val gap: underfitting).
-    train_flat_change: float = 0.05
+    # Window-mean train loss at or above this share of the first epoch's: far from fitted.
+    underfit_loss_fraction: float = 0.5
 
     # --- attention ---
     # Window-median normalized attention entropy of a layer at or below this: collapsed.

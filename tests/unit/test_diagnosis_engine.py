@@ -183,3 +183,27 @@ def test_a_collapse_caused_by_broken_inputs_is_named_for_the_inputs() -> None:
     result = diagnose(ev)
     assert result.primary_cause == rules.NORMALIZATION_MISMATCH
     assert result.finding(rules.MAJORITY_CLASS_COLLAPSE).severity is Severity.INFO
+
+
+def test_a_model_too_small_to_fit_is_underfitting_and_one_at_its_limit_is_healthy() -> None:
+    val = list(np.minimum(0.15 + 0.04 * np.arange(EPOCHS), 0.37))
+    too_small = epochs(
+        **{
+            "val/accuracy": val,
+            "train/accuracy": [v + 0.01 for v in val],
+            "train/loss": list(np.linspace(2.08, 1.36, EPOCHS)),  # creeps down, far from fit
+            "val/loss": list(np.linspace(2.05, 1.35, EPOCHS)),
+        }
+    )
+    result = diagnose(evidence(too_small))
+    assert result.primary_cause == rules.UNDERFITTING
+    assert result.verdict != "healthy"
+    at_limit = epochs(
+        **{
+            "val/accuracy": [0.3, 0.45, *[0.5] * (EPOCHS - 2)],
+            "train/accuracy": [0.28, 0.47, *[0.51] * (EPOCHS - 2)],
+            "train/loss": [1.8, 1.0, *[0.72] * (EPOCHS - 2)],  # settled: the inputs' limit
+            "val/loss": [1.3, 0.8, *[0.72] * (EPOCHS - 2)],
+        }
+    )
+    assert diagnose(evidence(at_limit)).verdict == "healthy"

@@ -156,15 +156,7 @@ def val_loss_drop(ev: RunEvidence) -> float | None:
 def val_loss_falling(ev: RunEvidence, t: Thresholds) -> float | None:
     """The val loss's fall per epoch over the window, as a share of its first value (positive
     while it falls); ``None`` without a val loss."""
-    losses = ev.series(S.VAL_LOSS.name)
-    if losses is None:
-        return None
-    rows = losses[np.isfinite(losses[:, 1])]
-    if len(rows) < 3 or rows[0, 1] <= 0:
-        return None
-    window = rows[-t.window_epochs :]
-    slope = float(np.polyfit(window[:, 0], window[:, 1], 1)[0])
-    return -slope / float(rows[0, 1])
+    return loss_falling(ev, t, S.VAL_LOSS)
 
 
 # --- learning rate and phases --------------------------------------------------------------------
@@ -342,3 +334,44 @@ def model_size(ev: RunEvidence) -> str:
     if groups:
         parts.append(f"{len(groups)} layer groups")
     return " in ".join(parts)
+
+
+def is_flat(ev: RunEvidence, t: Thresholds, rows: np.ndarray) -> tuple[bool, dict[str, float]]:
+    """Whether a window of val accuracies is flat by range and slope within the sampling
+    noise of the val set, or exactly repeated; and the figures."""
+    window = rows[:, 1]
+    spread = float(window.max() - window.min())
+    slope = float(np.polyfit(rows[:, 0], window, 1)[0]) if len(rows) > 1 else 0.0
+    _, counts = np.unique(window, return_counts=True)
+    repeat = float(counts.max() / len(window))
+    sigma = noise(ev, float(window.mean()))
+    max_range = max(t.flat_range, t.flat_noise_sigmas * sigma)
+    max_slope = t.flat_slope
+    spread_x = float(np.sqrt(np.sum((rows[:, 0] - rows[:, 0].mean()) ** 2)))
+    if spread_x > 0:  # standard error of a least-squares slope through pure noise
+        max_slope = max(max_slope, 0.5 * t.flat_noise_sigmas * sigma / spread_x)
+    flat = (spread <= max_range and abs(slope) <= max_slope) or repeat >= t.repeat_fraction
+    figures = {
+        "val_accuracy_range": spread,
+        "val_accuracy_slope": slope,
+        "repeat_share": repeat,
+        "flat_range_limit": max_range,
+        "flat_slope_limit": max_slope,
+    }
+    if val_clips(ev):
+        figures["val_accuracy_noise"] = sigma
+    return flat, figures
+
+
+def loss_falling(ev: RunEvidence, t: Thresholds, signal: S.Signal) -> float | None:
+    """An epoch loss's fall per epoch over the window, as a share of its first value
+    (positive while it falls); ``None`` without that loss."""
+    losses = ev.epochs.series(signal.name)
+    if losses is None:
+        return None
+    rows = losses[np.isfinite(losses[:, 1])]
+    if len(rows) < 3 or rows[0, 1] <= 0:
+        return None
+    window = rows[-t.window_epochs :]
+    slope = float(np.polyfit(window[:, 0], window[:, 1], 1)[0])
+    return -slope / float(rows[0, 1])

@@ -10,11 +10,13 @@ from mlflow_audiodiag.diagnosis.evidence import RunEvidence
 from mlflow_audiodiag.diagnosis.findings import Finding, Severity
 from mlflow_audiodiag.diagnosis.rules.common import (
     INFERRED_CAP,
-    active_epochs,
     finite,
+    is_flat,
     learned,
     learned_margin,
+    loss_falling,
     model_size,
+    plateau_rows,
     ramp,
     require,
     score,
@@ -114,18 +116,25 @@ def overfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     family="generalization",
     title="Underfitting",
     precedence=1,
-    thresholds=("chance_margin", "train_flat_change", "overfit_gap", "lr_active_fraction"),
+    thresholds=(
+        "chance_margin",
+        "val_loss_improving",
+        "overfit_gap",
+        "underfit_loss_fraction",
+        "lr_active_fraction",
+    ),
     signals=(S.TRAIN_ACCURACY, S.VAL_ACCURACY, S.TRAIN_LOSS, S.MAJORITY_FRACTION),
     defers_to=_OPTIMIZATION + (LABEL_NOISE,),
 )
 def underfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     """The model cannot fit its training data although the optimization is healthy: train
-    accuracy never leaves chance (too much regularization, too small a model), or it stops
-    improving far from a perfect fit with val keeping up with it."""
+    accuracy never leaves chance (too much regularization), or it fits so slowly that
+    accuracy stays flat, level with val and far from a perfect fit, while the training loss
+    only creeps down (too small a model)."""
     epochs, train, val = _aligned(ev, t)
     chance = train_chance(ev)
     never = chance is not None and float(train.max()) <= chance + t.chance_margin
-    stalled = _train_stalled(ev, t, epochs, train, val)
+    stalled = _slow_fit(ev, t, epochs, train, val)
     if not (never or stalled):
         return None
     k = min(t.window_epochs, len(train))
@@ -137,7 +146,7 @@ def underfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None
     if chance is not None:
         evidence["train_chance"] = chance
     if stalled:
-        evidence["train_loss_drop_second_half"] = stalled
+        evidence["train_loss_fall_per_epoch"] = stalled
     size = model_size(ev)
     if never:
         title = (
@@ -147,8 +156,8 @@ def underfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None
         strength = ramp(chance + t.chance_margin - float(train.max()), 0.0, t.chance_margin)
     else:
         title = (
-            f"Underfitting: train accuracy stops at {float(train[-k:].mean()):.2f} with val "
-            "keeping up and a healthy optimization"
+            f"Underfitting: train accuracy stays at {float(train[-k:].mean()):.2f}, level with "
+            "val, while the training loss only creeps down"
         )
         strength = ramp(1.0 - float(train[-k:].mean()), t.overfit_gap, 0.5)
     return Finding(
@@ -156,7 +165,7 @@ def underfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None
         severity=Severity.CRITICAL if never else Severity.WARNING,
         title=title,
         evidence=evidence,
-        thresholds={"chance_margin": t.chance_margin, "train_flat_change": t.train_flat_change},
+        thresholds={"chance_margin": t.chance_margin, "val_loss_improving": t.val_loss_improving},
         fix=(
             "Lighten the regularization (dropout, weight decay, heavy augmentation or mixup) "
             "and give the model more capacity"
@@ -167,26 +176,27 @@ def underfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None
     )
 
 
-def _train_stalled(
+def _slow_fit(
     ev: RunEvidence, t: Thresholds, epochs: np.ndarray, train: np.ndarray, val: np.ndarray
 ) -> float | None:
-    """The train loss's relative drop over the second half of the active epochs when training
-    stopped improving far from a perfect fit with val close behind; else ``None``."""
-    losses = ev.epochs.series(S.TRAIN_LOSS.name)
-    if losses is None:
+    """The train loss's fall per epoch when the model fits slowly: val accuracy has learned
+    something but stays flat, train accuracy keeps level with it (no gap) and away from a
+    perfect fit, while the training loss, still above ``underfit_loss_fraction`` of its
+    start, creeps down. ``None`` otherwise."""
+    falling = loss_falling(ev, t, S.TRAIN_LOSS)
+    if falling is None or falling < t.val_loss_improving:
         return None
-    active = active_epochs(ev, t)
-    if active is not None:
-        losses = losses[np.isin(losses[:, 0], active)]
-    losses = losses[np.isfinite(losses[:, 1])]
-    if len(losses) < t.min_epochs:
+    losses = finite(ev.values(S.TRAIN_LOSS.name))
+    late = float(losses[-t.window_epochs :].mean())
+    if late < t.underfit_loss_fraction * float(losses[0]):
+        return None  # the loss is well down: growing confidence, not a model that cannot fit
+    if not learned(ev, t)[0]:
         return None
-    half = losses[len(losses) // 2 :, 1]
-    drop = float((half[0] - half.min()) / half[0]) if half[0] > 0 else 0.0
+    rows = plateau_rows(ev, S.VAL_ACCURACY, t)
+    if not is_flat(ev, t, rows)[0]:
+        return None
     k = min(t.window_epochs, len(train))
     train_late, val_late = float(train[-k:].mean()), float(val[-k:].mean())
-    if drop >= t.train_flat_change or 1.0 - train_late < t.overfit_gap:
+    if 1.0 - train_late < t.overfit_gap or abs(train_late - val_late) >= t.overfit_gap / 2:
         return None
-    if train_late - val_late >= t.overfit_gap / 2:
-        return None
-    return max(drop, 1e-6)
+    return falling

@@ -3,19 +3,16 @@ majority baseline, its sampling noise, its best epoch and the causes found."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from mlflow_audiodiag import signals as S
 from mlflow_audiodiag.diagnosis.evidence import RunEvidence
 from mlflow_audiodiag.diagnosis.findings import Finding, Severity
 from mlflow_audiodiag.diagnosis.rules.common import (
     annealed,
+    is_flat,
     learned,
-    noise,
     plateau_rows,
     require_epochs,
     score,
-    val_clips,
     val_loss_falling,
 )
 from mlflow_audiodiag.diagnosis.rules.registry import REGISTRY, Context, rule
@@ -60,7 +57,7 @@ def stagnant_validation(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding
     acc = require_epochs(ev, S.VAL_ACCURACY, t)
     val_learned, figures = learned(ev, t)
     rows = plateau_rows(ev, S.VAL_ACCURACY, t)
-    flat, shape = _flat(ev, t, rows)
+    flat, shape = is_flat(ev, t, rows)
     falling = val_loss_falling(ev, t)
     if falling is not None:
         shape["val_loss_fall_per_epoch"] = falling
@@ -120,30 +117,3 @@ def stagnant_validation(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding
         ),
         score=score(1.0 if not val_learned else 0.5),
     )
-
-
-def _flat(ev: RunEvidence, t: Thresholds, rows: np.ndarray) -> tuple[bool, dict[str, float]]:
-    """Whether a window of val accuracies is flat by range and slope within the sampling
-    noise of the val set, or exactly repeated; and the figures."""
-    window = rows[:, 1]
-    spread = float(window.max() - window.min())
-    slope = float(np.polyfit(rows[:, 0], window, 1)[0]) if len(rows) > 1 else 0.0
-    _, counts = np.unique(window, return_counts=True)
-    repeat = float(counts.max() / len(window))
-    sigma = noise(ev, float(window.mean()))
-    max_range = max(t.flat_range, t.flat_noise_sigmas * sigma)
-    max_slope = t.flat_slope
-    spread_x = float(np.sqrt(np.sum((rows[:, 0] - rows[:, 0].mean()) ** 2)))
-    if spread_x > 0:  # standard error of a least-squares slope through pure noise
-        max_slope = max(max_slope, 0.5 * t.flat_noise_sigmas * sigma / spread_x)
-    flat = (spread <= max_range and abs(slope) <= max_slope) or repeat >= t.repeat_fraction
-    figures = {
-        "val_accuracy_range": spread,
-        "val_accuracy_slope": slope,
-        "repeat_share": repeat,
-        "flat_range_limit": max_range,
-        "flat_slope_limit": max_slope,
-    }
-    if val_clips(ev):
-        figures["val_accuracy_noise"] = sigma
-    return flat, figures
