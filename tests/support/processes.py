@@ -99,13 +99,20 @@ def stop_group(process: subprocess.Popen, grace_s: float = GRACE_S) -> None:
     """Terminates, then kills, the process group led by ``process``, and reaps the leader.
 
     The group is stopped even when the leader has already exited: its children may not have.
+    Descendants that left the group (a server started in its own session) are killed by PID.
     """
     pgid = process.pid
-    if process.poll() is None or group_members(pgid):
+    members = group_members(pgid)
+    family = {pid for member in members for pid in descendants(member)} - set(members)
+    if process.poll() is None or members:
         _signal_group(pgid, signal.SIGTERM)
         if not _wait_empty(pgid, grace_s, leader=process):
             _signal_group(pgid, signal.SIGKILL)
     process.wait()
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if is_alive(pid):
+                os.kill(pid, signal.SIGKILL)
     if not _wait_empty(pgid, timeout_s=10.0):
         raise RuntimeError(f"processes {group_members(pgid)} of group {pgid} survived SIGKILL")
 
