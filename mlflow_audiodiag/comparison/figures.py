@@ -60,7 +60,9 @@ def findings_heatmap(summaries: Sequence[RunSummary]) -> Figure | None:
     ax.imshow(grid, aspect="auto", cmap="Oranges", vmin=0, vmax=2, interpolation="nearest")
     ax.set_xticks(range(len(codes)), codes, rotation=60, ha="right", fontsize=8)
     labels = [s.run_name or s.run_id[:8] for s in summaries]
-    ax.set_yticks(range(len(summaries)), labels, fontsize=7 if len(summaries) > 30 else 8)
+    ax.set_yticks(  # run names are user text: "$" is drawn, not parsed as math
+        range(len(summaries)), labels, fontsize=7 if len(summaries) > 30 else 8, parse_math=False
+    )
     ax.set_title("findings per run (dark: primary cause)")
     fig.tight_layout()
     return fig
