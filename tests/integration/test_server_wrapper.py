@@ -41,9 +41,12 @@ def _env() -> dict[str, str]:
 def _wrapper(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen, Path]]:
     log_path = tmp_path / "wrapper.log"
     command = [*SERVER, "--root", str(tmp_path / "server"), *args]
-    with log_path.open("wb") as log, processes.spawned(
-        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
-    ) as process:
+    with (
+        log_path.open("wb") as log,
+        processes.spawned(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
+        ) as process,
+    ):
         yield process, log_path
 
 
