@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mlflow_audiodiag.data.audio_io import clip_levels, read_audio
+from mlflow_audiodiag.data.locks import exclusive_lock
 from mlflow_audiodiag.data.sources import BAD_NAMES_ATTR
 from mlflow_audiodiag.data.splits import SPLITS, check_label_coverage
 from mlflow_audiodiag.errors import DataError
@@ -104,7 +105,12 @@ def build_feature_store(
     cache_dir = Path(cache_root) / f"features-{key}"
     index_path = cache_dir / "index.json"
     if not index_path.exists():
-        _compute(table, config, cache_dir, on_bad_file, waveform_splits, progress, bad_names)
+        # Trainings starting together compute it once: the others wait, then load it.
+        with exclusive_lock(Path(cache_root) / f".features-{key}.lock"):
+            if not index_path.exists():
+                _compute(
+                    table, config, cache_dir, on_bad_file, waveform_splits, progress, bad_names
+                )
     return _load(cache_dir)
 
 
