@@ -80,6 +80,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _unseeded_run_name() -> str:
+    """A fresh MLflow run name. MLflow draws names from ``random``, which the run's seed has
+    already fixed (every run would get the same name); the seeded state is kept as it was."""
+    from mlflow.utils.name_utils import _generate_random_name
+
+    state = random.getstate()
+    random.seed()  # from the operating system's entropy
+    try:
+        return _generate_random_name()
+    finally:
+        random.setstate(state)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -140,7 +153,7 @@ def _train(config: TrainConfig, cache_root: Path | None, ctx: DistContext) -> Tr
         return TrainResult("", "", rank=ctx.rank, **result)
 
     active = mlflow.active_run()
-    run = active or mlflow.start_run()
+    run = active or mlflow.start_run(run_name=_unseeded_run_name())
     try:
         result = _train_logged(config, store, source, stats, *splits, ctx)
     except KeyboardInterrupt:
