@@ -242,6 +242,12 @@ def _add_server_parser(commands: argparse._SubParsersAction) -> None:
         help="what users may do on experiments they have no explicit permission on",
     )
     server.add_argument(
+        "--login-cache-seconds",
+        type=int,
+        default=60,
+        help="how long a server worker trusts a verified login (0: verify every request)",
+    )
+    server.add_argument(
         "--allowed-hosts",
         action="append",
         default=[],
@@ -262,6 +268,7 @@ def _server_settings(args: argparse.Namespace) -> ServerSettings:
             admin_password_file=args.admin_password_file,
             database_uri=args.auth_database_uri,
             default_permission=args.default_permission,
+            login_cache_seconds=args.login_cache_seconds,
         )
     hosts = tuple(h.strip() for value in args.allowed_hosts for h in value.split(",") if h.strip())
     return ServerSettings(

@@ -41,6 +41,7 @@ class AuthSettings:
     admin_password_file: Path | None = None
     database_uri: str | None = None
     default_permission: str = "NO_PERMISSIONS"
+    login_cache_seconds: int = 60
 
     def __post_init__(self) -> None:
         if self.default_permission not in PERMISSIONS:
@@ -48,6 +49,8 @@ class AuthSettings:
                 f"default permission {self.default_permission!r} is not one of "
                 f"{', '.join(PERMISSIONS)}"
             )
+        if self.login_cache_seconds < 0:
+            raise ConfigError(f"login cache seconds must be >= 0, got {self.login_cache_seconds}")
         if not self.admin_username.strip():
             raise ConfigError("the admin user name is empty: pass --admin-username NAME")
 
@@ -64,6 +67,9 @@ def write_auth_config(root: Path, auth: AuthSettings) -> Path:
         "database_uri": auth.database(root),
         "admin_username": auth.admin_username,
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        # Each request's login costs a slow password hash; a worker remembers a verified login
+        # this long (a password change made through another worker applies after it).
+        "auth_cache_ttl_seconds": str(auth.login_cache_seconds),
     }
     config = configparser.ConfigParser(interpolation=None)
     # MLflow reads the file with interpolation on: a '%' (URL-encoded passwords) must be '%%'.
