@@ -18,6 +18,7 @@ from mlflow_audiodiag.cli.options import (
     parse_range,
     training_values,
 )
+from mlflow_audiodiag.cli.server_options import add_server_parser
 from mlflow_audiodiag.cli.tracking import check_tracking_server, run_page_hint, use_experiment
 from mlflow_audiodiag.errors import AudioDiagError, ConfigError
 
@@ -120,13 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log", action="store_true", help="log the outputs as artifacts of a comparison run"
     )
 
-    server = commands.add_parser(
-        "server",
-        help="start a local mlflow server (sqlite store, artifact serving) to try a team set-up",
-    )
-    server.add_argument("--root", type=Path, default=Path("mlflow-server"), help="its folder")
-    server.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve the network")
-    server.add_argument("--port", type=int, default=5000)
+    add_server_parser(commands)
 
     diagnose = commands.add_parser(
         "diagnose",
@@ -178,15 +173,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare(args)
         if args.command == "server":
             from mlflow_audiodiag.cli.server import run_server
+            from mlflow_audiodiag.cli.server_options import server_settings
 
-            return run_server(args.root, args.host, args.port)
+            return run_server(server_settings(args))
         return _train(args)
     except AudioDiagError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("stopped: the run ends KILLED with what it recorded so far", file=sys.stderr)
+        if args.command in ("train", "zoo"):
+            print("stopped: the run ends KILLED with what it recorded so far", file=sys.stderr)
         return 130
+    except Exception as error:
+        refusal = _refusal(error)
+        if refusal is None:
+            raise
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+
+
+def _refusal(error: Exception) -> str | None:
+    """One line for a tracking server's refusal (no login, no permission), else ``None``."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(error, MlflowException):
+        return None
+    if error.error_code not in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return None
+    import mlflow
+
+    return (
+        f"MLflow tracking server {mlflow.get_tracking_uri()} refused the request "
+        f"({error.error_code}: {error.message}); ask the experiment's owner or the server's "
+        "admin for permission, or check MLFLOW_TRACKING_USERNAME"
+    )
 
 
 def _prepare_data(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import urllib.error
 import urllib.request
 from urllib.parse import urlparse
@@ -10,16 +11,25 @@ import mlflow
 
 from mlflow_audiodiag.errors import AudioDiagError
 
+logger = logging.getLogger(__name__)
+LOGIN_TIMEOUT_S = 30.0
+
 
 class TrackingUnavailableError(AudioDiagError):
     """The configured MLflow tracking server does not answer."""
 
 
-def check_tracking_server(uri: str | None = None, timeout_s: float = 5.0) -> str:
-    """Fails fast with a clear message when an HTTP tracking server is unreachable.
+class TrackingAuthError(AudioDiagError):
+    """The tracking server wants a login this client does not have."""
 
-    MLflow itself retries for minutes before giving up; a run that cannot log should say so
-    before any work is done. Returns the tracking URI in use.
+
+def check_tracking_server(uri: str | None = None, timeout_s: float = 5.0) -> str:
+    """Fails fast with a clear message when an HTTP tracking server is unreachable, or
+    refuses this client (no login, a wrong one, a host name it does not serve).
+
+    MLflow itself retries for minutes before giving up, and reports a refused login as a
+    traceback from deep inside the run; a run that cannot log should say so before any work
+    is done. Returns the tracking URI in use.
     """
     uri = uri or mlflow.get_tracking_uri()
     if urlparse(uri).scheme not in ("http", "https"):
@@ -28,6 +38,7 @@ def check_tracking_server(uri: str | None = None, timeout_s: float = 5.0) -> str
     try:
         with urllib.request.urlopen(health, timeout=timeout_s) as response:
             if response.status == 200:
+                _check_login(uri, timeout_s)
                 return uri
             problem = f"HTTP {response.status}"
     except (urllib.error.URLError, OSError) as error:
@@ -37,6 +48,49 @@ def check_tracking_server(uri: str | None = None, timeout_s: float = 5.0) -> str
         "(e.g. `mlflow server --host 127.0.0.1 --port 5000`), "
         "fix MLFLOW_TRACKING_URI, or unset it to log to the local sqlite:///mlflow.db."
     )
+
+
+def _check_login(uri: str, timeout_s: float) -> None:
+    """One authenticated request, with the credentials MLflow itself would send.
+
+    A busy server may take a while (each login is a deliberately slow password hash); if it
+    does not answer in time, the run goes on and MLflow's own retries take over.
+    """
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    try:
+        response = http_request(
+            creds,
+            "/api/2.0/mlflow/experiments/search",
+            "GET",
+            params={"max_results": 1},
+            max_retries=0,
+            timeout=max(timeout_s, LOGIN_TIMEOUT_S),
+            raise_on_status=False,
+        )
+    except Exception as error:  # a timeout or a dropped connection: not a refusal
+        logger.warning("could not check the login at %s (%s); going on", uri, error)
+        return
+    if response.status_code == 401:
+        if creds.username or creds.token:
+            who = f"user {creds.username!r}" if creds.username else "MLFLOW_TRACKING_TOKEN"
+            raise TrackingAuthError(
+                f"MLflow tracking server {uri} refused the login of {who} (HTTP 401): check "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or ask the server's "
+                "admin to create the account"
+            )
+        raise TrackingAuthError(
+            f"MLflow tracking server {uri} requires a login (HTTP 401): set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (the server's admin "
+            "creates accounts)"
+        )
+    if response.status_code == 403 and "Invalid Host header" in response.text:
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {uri} refuses the host name {urlparse(uri).netloc!r} "
+            "(403 Invalid Host header): its admin must add it to the server's --allowed-hosts"
+        )
 
 
 def use_experiment(name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from mlflow_audiodiag.comparison.summary import (
 )
 
 VAL_ACCURACY = schema.split_metric(schema.SPLIT_VAL, "accuracy")
+_PARALLEL_HISTORIES = 4
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,18 @@ def compare(
     )
 
 
+def _curves(client: MlflowClient, run_ids: list[str]) -> dict[str, np.ndarray]:
+    """Validation curves (``[epochs, 2]`` rows of step and value), one history call per run,
+    a few at a time (each is a round trip to the server)."""
+
+    def curve(run_id: str) -> np.ndarray:
+        history = client.get_metric_history(run_id, VAL_ACCURACY)
+        return np.array([(m.step, m.value) for m in history]).reshape(-1, 2)
+
+    with ThreadPoolExecutor(max_workers=_PARALLEL_HISTORIES) as pool:
+        return dict(zip(run_ids, pool.map(curve, run_ids), strict=True))
+
+
 def write_outputs(
     comparison: Comparison,
     out_dir: Path,
@@ -79,10 +93,7 @@ def write_outputs(
         "compute_by_cause": [c.__dict__ for c in comparison.costs],
     }
     files["json"].write_text(json.dumps(counts, indent=2))
-    curves = {}
-    for summary in comparison.summaries[:max_curves]:
-        history = client.get_metric_history(summary.run_id, VAL_ACCURACY)
-        curves[summary.run_id] = np.array([(m.step, m.value) for m in history]).reshape(-1, 2)
+    curves = _curves(client, [s.run_id for s in comparison.summaries[:max_curves]])
     images: dict[str, Path] = {}
     figures = {
         "Validation accuracy per run, coloured by verdict": (

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mlflow_audiodiag.data.names import bad_name_reason, check_label, is_utf8, printable
 from mlflow_audiodiag.data.splits import SPLITS, check_label_coverage, stratified_split
 from mlflow_audiodiag.errors import DataError
 
@@ -24,6 +25,9 @@ SPEECH_COMMANDS_LISTS = {"val": "validation_list.txt", "test": "testing_list.txt
 BACKGROUND_NOISE_DIR = "_background_noise_"
 EXCLUDED_DIRS_ATTR = "excluded_dirs"
 """Key of ``DataFrame.attrs`` listing folders that were found but deliberately left out."""
+BAD_NAMES_ATTR = "bad_file_names"
+"""Key of ``DataFrame.attrs`` listing ``(printable path, label, reason)`` of audio files left
+out of the table because their names are not UTF-8; the ``on_bad_file`` policy decides."""
 
 _COLUMNS = ["path", "label", "split"]
 
@@ -61,6 +65,7 @@ def _manifest_rows(csv_path: Path) -> list[_ManifestRow]:
         reader.fieldnames = header
         for row in reader:
             line = reader.line_num
+            _check_field_count(csv_path, line, header, row)
             raw_path = (row.get("path") or "").strip()
             label = (row.get("label") or "").strip()
             if not raw_path:
@@ -72,6 +77,7 @@ def _manifest_rows(csv_path: Path) -> list[_ManifestRow]:
                     f"{csv_path} line {line}: the label of {raw_path} is empty; fill it in or "
                     "remove the row"
                 )
+            check_label(label, f"{csv_path} line {line}", "fix the label in the manifest")
             path = _absolute(base_dir / raw_path)
             if path in first_line_of_path:
                 raise DataError(
@@ -81,6 +87,26 @@ def _manifest_rows(csv_path: Path) -> list[_ManifestRow]:
             first_line_of_path[path] = line
             rows.append(_ManifestRow(line, path, label, (row.get("split") or "").strip()))
     return rows
+
+
+def _check_field_count(csv_path: Path, line: int, header: list[str], row: dict) -> None:
+    """A row with more or fewer fields than the header would put values in the wrong columns
+    (a written split ignored, a comma in a path shifting the label): reject it."""
+    extra = row.get(None) or []
+    missing = sum(1 for key, value in row.items() if key is not None and value is None)
+    if not extra and not missing:
+        return
+    count = len(header) + len(extra) - missing
+    if extra and "split" not in header and len(extra) == 1:
+        fix = "if the last field is the split, add a split column to the header (path,label,split)"
+    elif extra:
+        fix = 'quote fields that contain commas ("a,b.wav") or remove the extra fields'
+    else:
+        fix = "fill in the missing fields (an empty split still needs its comma: a.wav,dog,)"
+    raise DataError(
+        f"{csv_path} line {line} has {count} fields but the header has {len(header)} "
+        f"({','.join(header)}): {fix}"
+    )
 
 
 def read_manifest(
@@ -126,11 +152,20 @@ def read_manifest(
     return _table(paths, labels, [row.split for row in rows])
 
 
-def _audio_files(folder: Path, extensions: tuple[str, ...], recursive: bool) -> list[Path]:
+def _audio_files(
+    folder: Path, extensions: tuple[str, ...], recursive: bool, bad_names: list | None = None
+) -> list[Path]:
+    """Audio files under ``folder``; those whose names are not UTF-8 go to ``bad_names`` as
+    ``(printable path, label, reason)``."""
     candidates = folder.rglob("*") if recursive else folder.glob("*")
-    return sorted(
+    files = sorted(
         path for path in candidates if path.is_file() and path.suffix.lower() in extensions
     )
+    if bad_names is not None:
+        for path in files:
+            if not is_utf8(path):
+                bad_names.append((printable(_absolute(path)), folder.name, bad_name_reason(path)))
+    return [path for path in files if is_utf8(path)]
 
 
 def _class_folders(root: Path) -> tuple[list[Path], list[str]]:
@@ -143,6 +178,7 @@ def _class_folders(root: Path) -> tuple[list[Path], list[str]]:
             excluded.append(child.name)
             logger.info("%s: folder %s holds background noise, not a class; left out", root, child)
             continue
+        check_label(child.name, f"class folder {printable(child)}", "rename the folder")
         folders.append(child)
     return folders, excluded
 
@@ -166,18 +202,21 @@ def scan_class_folders(
         )
     paths: list[str] = []
     labels: list[str] = []
+    bad_names: list[tuple[str, str, str]] = []
     for folder in folders:
-        files = _audio_files(folder, extensions, recursive=True)
+        files = _audio_files(folder, extensions, recursive=True, bad_names=bad_names)
         if not files:
             raise DataError(
-                f"class folder {folder} has no audio files ({', '.join(extensions)}): add clips "
-                "or remove the folder"
+                f"class folder {folder} has no audio files ({', '.join(extensions)}"
+                f"{'' if not bad_names else '; some names are not UTF-8 text'}): add clips, "
+                "rename them, or remove the folder"
             )
         paths.extend(_absolute(path) for path in files)
         labels.extend([folder.name] * len(files))
     splits = stratified_split(labels, val_fraction, test_fraction, seed)
     table = _table(paths, labels, list(splits))
     table.attrs[EXCLUDED_DIRS_ATTR] = excluded
+    table.attrs[BAD_NAMES_ATTR] = bad_names
     return table
 
 
@@ -207,8 +246,9 @@ def scan_speech_commands(root: str | Path) -> pd.DataFrame:
         raise DataError(f"dataset folder {root} does not exist: check the path")
     folders, excluded = _class_folders(root)
     split_of: dict[str, str] = {}
+    bad_names: list[tuple[str, str, str]] = []
     for folder in folders:
-        for path in _audio_files(folder, (".wav",), recursive=False):
+        for path in _audio_files(folder, (".wav",), recursive=False, bad_names=bad_names):
             split_of[path.relative_to(root).as_posix()] = "train"
     if not split_of:
         raise DataError(f"{root} has no WORD/*.wav clips: check the Speech Commands folder")
@@ -243,6 +283,7 @@ def scan_speech_commands(root: str | Path) -> pd.DataFrame:
         [split_of[relative] for relative in relatives],
     )
     table.attrs[EXCLUDED_DIRS_ATTR] = excluded
+    table.attrs[BAD_NAMES_ATTR] = bad_names
     return table
 
 

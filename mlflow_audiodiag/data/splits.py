@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from mlflow_audiodiag.data.names import MAX_LABEL_CHARS, label_problem, printable, shown
 from mlflow_audiodiag.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
@@ -86,6 +87,16 @@ def check_label_coverage(table: pd.DataFrame) -> list[str]:
     if table.empty:
         raise DataError("the dataset has no clips: point the source at audio files")
 
+    labels = table["label"].astype(str)
+    for label in labels.unique():
+        problem = label_problem(label)
+        if problem is not None:
+            example = printable(table["path"][labels == label].iloc[0])
+            raise DataError(
+                f"the label {shown(label)} (of {example} and maybe others) {problem}: fix the "
+                f"labels (a label is 1 to {MAX_LABEL_CHARS} printable characters)"
+            )
+
     splits = table["split"].astype(str)
     bad_split = ~splits.isin(SPLITS)
     if bad_split.any():
@@ -98,7 +109,6 @@ def check_label_coverage(table: pd.DataFrame) -> list[str]:
             "fix the split column or leave it empty for every row to split automatically"
         )
 
-    labels = table["label"].astype(str)
     train_labels = set(labels[splits == "train"])
     if not train_labels:
         raise DataError(

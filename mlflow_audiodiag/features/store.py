@@ -22,6 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from mlflow_audiodiag.data.audio_io import clip_levels, read_audio
+from mlflow_audiodiag.data.locks import exclusive_lock
+from mlflow_audiodiag.data.sources import BAD_NAMES_ATTR
 from mlflow_audiodiag.data.splits import SPLITS, check_label_coverage
 from mlflow_audiodiag.errors import DataError
 from mlflow_audiodiag.features.config import FeatureConfig
@@ -32,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 _CACHE_FORMAT = 2
 _BATCH = 64
+_SKIP_HINT = (
+    "(or set on_bad_file=skip to leave bad files out; the run then lists each one with its reason)"
+)
 
 
 @dataclass(frozen=True)
@@ -89,22 +94,39 @@ def build_feature_store(
     repeated on what remains so a class cannot silently lose all its training clips.
     """
     check_label_coverage(table)
+    bad_names = [
+        SkippedFile(path, label, "", reason)
+        for path, label, reason in table.attrs.get(BAD_NAMES_ATTR, [])
+    ]
+    if bad_names and on_bad_file != "skip":
+        raise DataError(f"{bad_names[0].reason} {_SKIP_HINT}")
     waveform_splits = tuple(sorted(set(waveform_splits)))
-    key = _cache_key(table, config, on_bad_file, waveform_splits)
+    key = _cache_key(table, config, on_bad_file, waveform_splits, bad_names)
     cache_dir = Path(cache_root) / f"features-{key}"
     index_path = cache_dir / "index.json"
     if not index_path.exists():
-        _compute(table, config, cache_dir, on_bad_file, waveform_splits, progress)
+        # Trainings starting together compute it once: the others wait, then load it.
+        with exclusive_lock(Path(cache_root) / f".features-{key}.lock"):
+            if not index_path.exists():
+                _compute(
+                    table, config, cache_dir, on_bad_file, waveform_splits, progress, bad_names
+                )
     return _load(cache_dir)
 
 
 def _cache_key(
-    table: pd.DataFrame, config: FeatureConfig, on_bad_file: str, waveform_splits: tuple
+    table: pd.DataFrame,
+    config: FeatureConfig,
+    on_bad_file: str,
+    waveform_splits: tuple,
+    bad_names: list[SkippedFile],
 ) -> str:
     digest = hashlib.sha256()
     digest.update(
         json.dumps([_CACHE_FORMAT, asdict(config), on_bad_file, waveform_splits]).encode()
     )
+    for skipped in bad_names:
+        digest.update(f"bad name\0{skipped.path}\n".encode())
     for path, label, split in table[["path", "label", "split"]].itertuples(index=False):
         try:
             stat = os.stat(path)
@@ -122,10 +144,11 @@ def _compute(
     on_bad_file: str,
     waveform_splits: tuple[str, ...],
     progress: bool,
+    bad_names: list[SkippedFile],
 ) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     extractor = FeatureExtractor(config)
-    skipped: list[SkippedFile] = []
+    skipped: list[SkippedFile] = list(bad_names)
     kept_rows: list[tuple[str, str, str]] = []
     levels: list[tuple[float, float, float]] = []
     cropped = 0
@@ -156,10 +179,7 @@ def _compute(
                 wave = read_audio(path, config.sample_rate)
             except DataError as error:
                 if on_bad_file != "skip":
-                    raise DataError(
-                        f"{error} (or set on_bad_file=skip to leave bad files out; the run "
-                        "then lists each one with its reason)"
-                    ) from error
+                    raise DataError(f"{error} {_SKIP_HINT}") from error
                 skipped.append(SkippedFile(path, label, split, str(error)))
                 continue
             levels.append(clip_levels(wave))

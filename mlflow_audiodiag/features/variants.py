@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from mlflow_audiodiag.data.locks import exclusive_lock
 from mlflow_audiodiag.features.augment import WaveformAugmenter
 
 _RESAMPLING_FIELDS = ("stretch_p", "stretch_rate", "pitch_p", "pitch_semitones")
@@ -38,8 +39,17 @@ def resampled_variants(
         json.dumps([settings, n_variants, seed, augmenter.sample_rate, waveforms.shape]).encode()
     ).hexdigest()[:12]
     path = Path(cache_dir) / f"train_variants-{key}.npy"
-    if path.exists():
-        return np.load(path, mmap_mode="r")
+    if not path.exists():
+        with exclusive_lock(path.with_suffix(".lock")):  # one process computes, others wait
+            if not path.exists():
+                _compute_variants(path, waveforms, augmenter, seed, progress)
+    return np.load(path, mmap_mode="r")
+
+
+def _compute_variants(
+    path: Path, waveforms: np.ndarray, augmenter: WaveformAugmenter, seed: int, progress: bool
+) -> None:
+    n_variants = augmenter.config.resampled_variants
     partial = path.with_suffix(".partial.npy")
     out = np.lib.format.open_memmap(
         partial, mode="w+", dtype=np.float32, shape=(len(waveforms), n_variants, waveforms.shape[1])
@@ -54,4 +64,3 @@ def resampled_variants(
     out.flush()
     del out
     partial.replace(path)  # complete files only: a crash leaves no usable-looking cache
-    return np.load(path, mmap_mode="r")

@@ -92,13 +92,15 @@ def log_confusion_matrix(
     fig = Figure(figsize=(size, size))
     ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    for tick in [*ax.get_xticklabels(), *ax.get_yticklabels()]:
-        tick.set_parse_math(False)  # class names are text, not TeX
+    # Labels are the user's text: "$" must not start matplotlib math (a bad command there
+    # fails the whole figure after training), so it is drawn literally.
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", parse_math=False)
+    ax.set_yticks(range(len(classes)), classes, parse_math=False)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"Confusion matrix ({split}, accuracy {result.scores.accuracy:.3f})")
+    ax.set_title(
+        f"Confusion matrix ({split}, accuracy {result.scores.accuracy:.3f})", parse_math=False
+    )
     threshold = matrix.max() / 2 if matrix.size else 0
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(

@@ -90,3 +90,42 @@ def test_compare_cli_prints_the_table_and_names_bad_input(experiments, tmp_path,
     assert "no experiment named or numbered 'nope'" in capsys.readouterr().err
     assert main(["compare", "--experiment", "team", "--filter", "tags.bad syntax ="]) == 2
     assert "cannot search runs" in capsys.readouterr().err
+
+
+def test_pages_fetched_in_parallel_hold_every_run_once_in_order(tracking_uri, monkeypatch):
+    from mlflow_audiodiag.comparison import collect
+
+    client = MlflowClient()
+    team = client.create_experiment("many")
+    start = int(time.time() * 1000)
+    made = [client.create_run(team, start_time=start + i).info.run_id for i in range(17)]
+    monkeypatch.setattr(collect, "_PAGE", 2)  # 9 pages, fetched 3 at a time
+    monkeypatch.setattr(collect, "_PARALLEL_PAGES", 3)
+    parallel = [s.run_id for s in collect.collect_runs(client, ["many"])]
+    assert parallel == made[::-1]  # newest first, each once
+    monkeypatch.setattr(collect, "_offset_of", lambda token: None)  # a store without offsets
+    assert [s.run_id for s in collect.collect_runs(client, ["many"])] == parallel
+    assert [s.run_id for s in collect.collect_runs(client, ["many"], max_runs=5)] == parallel[:5]
+
+
+def test_an_http_server_gives_the_same_summaries_as_the_store(mlflow_server, monkeypatch):
+    """Against an HTTP server the runs are read as JSON, not MLflow entities: same result."""
+    from mlflow_audiodiag.comparison import collect
+
+    store = MlflowClient(f"sqlite:///{mlflow_server.root / 'mlflow.db'}")
+    http = MlflowClient(mlflow_server.uri)
+    team = http.create_experiment("json")
+    for name, verdict in (("a<b>", "stagnant"), ("nan", None), ("ok", "healthy")):
+        run_id = _run(http, team, name, verdict, "lr_too_low" if verdict == "stagnant" else None)
+        http.log_metric(run_id, "val/balanced_accuracy", float("nan"))
+        http.log_param(run_id, "model.layers", "3")
+    monkeypatch.setattr(collect, "_PAGE", 2)
+    over_http = collect.collect_runs(http, ["json"])
+    assert [s.run_name for s in over_http] == ["ok", "nan", "a<b>"]
+
+    def comparable(summaries):
+        return [
+            {**s.__dict__, "val_balanced_accuracy": str(s.val_balanced_accuracy)} for s in summaries
+        ]
+
+    assert comparable(over_http) == comparable(collect.collect_runs(store, ["json"]))

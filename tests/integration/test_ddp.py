@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from support import processes
 from support.run_tables import epochs, monitor_json, steps
 
 from mlflow_audiodiag import schema
@@ -36,9 +36,7 @@ def _run(args: list[str], tracking_uri: str, cache_root: Path, experiment: str):
         "AUDIODIAG_CACHE_DIR": str(cache_root),
         "MLFLOW_EXPERIMENT_NAME": experiment,
     }
-    return subprocess.run(
-        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=600
-    )
+    return processes.run([sys.executable, *args], env=env, timeout_s=600)
 
 
 def _only_run(client: MlflowClient, experiment: str):

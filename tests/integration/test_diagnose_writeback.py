@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from support import processes
 
 from mlflow_audiodiag import schema
 from mlflow_audiodiag.reporting.writeback import NOTE_START, diagnose_run
@@ -91,17 +91,19 @@ def test_diagnose_command_prints_json_and_fails_on_request(tracking_uri, tmp_pat
     run_id = _log_stagnant_run("plain")
     command = [sys.executable, "-m", "mlflow_audiodiag.cli.main", "diagnose", run_id]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    done = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)  # fmt: skip
+    done = processes.run([*command, "--json"], env=env, timeout_s=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["verdict"] == "stagnant"
-    failing = subprocess.run([*command, "--fail-on", "stagnant", "--no-write"], env=env,
-                             capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    failing = processes.run(
+        [*command, "--fail-on", "stagnant", "--no-write"], env=env, timeout_s=120, cwd=tmp_path
+    )
     assert failing.returncode == 1
     assert "stagnant" in failing.stdout
-    missing = subprocess.run([sys.executable, "-m", "mlflow_audiodiag.cli.main", "diagnose",
-                              "0123456789abcdef0123456789abcdef"], env=env, capture_output=True,
-                             text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    unknown = "0123456789abcdef0123456789abcdef"
+    missing = processes.run(
+        [sys.executable, "-m", "mlflow_audiodiag.cli.main", "diagnose", unknown],
+        env=env, timeout_s=120, cwd=tmp_path,
+    )  # fmt: skip
     assert missing.returncode == 2
     assert "0123456789abcdef0123456789abcdef" in missing.stderr
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from support import processes
 
 from mlflow_audiodiag.data.synthetic import SyntheticConfig, generate_dataset
 
@@ -21,11 +21,11 @@ def test_custom_loop_example_trains_and_logs(tracking_uri, cache_root, tmp_path:
     manifest = generate_dataset(
         tmp_path / "data", SyntheticConfig(n_classes=3, clips_per_class=10), progress=False
     )
-    done = subprocess.run(
+    done = processes.run(
         [sys.executable, str(SCRIPT), "--epochs", "2", "--data", str(manifest)],
         env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
              "AUDIODIAG_CACHE_DIR": str(cache_root)},
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, timeout_s=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     runs = MlflowClient(tracking_uri).search_runs(["0"])

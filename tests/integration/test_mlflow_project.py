@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from support import processes
 
 from mlflow_audiodiag import schema
 
@@ -36,7 +37,7 @@ def _mlflow_run(
         sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "-e", entry_point,
         "--env-manager", "local", *options, *(arg for p in params for arg in ("-P", p)),
     ]  # fmt: skip
-    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+    return processes.run(command, env=env, cwd=cwd, timeout_s=600)
 
 
 def test_mlflow_run_train_entry_point(tracking_uri, cache_root, tmp_path: Path) -> None:
@@ -83,10 +84,10 @@ def test_unreachable_tracking_server_fails_fast_with_a_clear_error(tmp_path: Pat
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     start = time.monotonic()
-    done = subprocess.run(
+    done = processes.run(
         [sys.executable, "-m", "mlflow_audiodiag.cli.main", "train", "--epochs", "1"],
         env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, timeout_s=120,
     )  # fmt: skip
     assert done.returncode == 2
     assert f"http://127.0.0.1:{port} is unreachable" in done.stderr
@@ -97,10 +98,10 @@ def test_unreachable_tracking_server_fails_fast_with_a_clear_error(tmp_path: Pat
 def test_bad_user_data_fails_with_the_file_named(tmp_path: Path, tracking_uri) -> None:
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("path,label,split\nmissing.wav,dog,train\nalso_missing.wav,cat,train\n")
-    done = subprocess.run(
+    done = processes.run(
         [sys.executable, "-m", "mlflow_audiodiag.cli.main", "train", "--manifest", str(manifest)],
         env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, timeout_s=120,
     )  # fmt: skip
     assert done.returncode == 2
     assert f"error: audio file {tmp_path / 'missing.wav'} does not exist" in done.stderr

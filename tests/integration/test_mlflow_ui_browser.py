@@ -9,6 +9,7 @@ the HTML report artifact are then read in the browser. Screenshots are saved as 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from support import processes
 
 from mlflow_audiodiag import schema
 
@@ -60,19 +62,18 @@ def _log_zoo_runs(uri: str, cache_root: Path) -> dict[str, str]:
     """Runs the healthy and the stagnant scenario side by side, as two users would."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "AUDIODIAG_CACHE_DIR": str(cache_root)}
     command = [sys.executable, "-m", "mlflow_audiodiag.cli.main", "zoo", "--experiment", EXPERIMENT]
-    processes = {
-        name: subprocess.Popen(
-            [*command, "--scenario", name],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for name in ("healthy", STAGNANT)
-    }
-    for name, process in processes.items():
-        _, err = process.communicate(timeout=900)
-        assert process.returncode == 0, f"zoo {name}: {err[-3000:]}"
+    with contextlib.ExitStack() as stack:
+        children = {
+            name: stack.enter_context(
+                processes.spawned(
+                    [*command, "--scenario", name],
+                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                )
+            )
+            for name in ("healthy", STAGNANT)
+        }  # fmt: skip
+        for name, (code, _, err) in processes.communicate_all(children, 900).items():
+            assert code == 0, f"zoo {name}: {err[-3000:]}"
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id])

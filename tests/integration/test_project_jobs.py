@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
-from support.processes import run_process
+from support.processes import spawned
 
 from mlflow_audiodiag import schema
 
@@ -25,8 +25,8 @@ def _mlflow_run(entry_point: str, params: list[str], env: dict, cwd: Path, *opti
         sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "-e", entry_point,
         "--env-manager", "local", *options, *(arg for p in params for arg in ("-P", p)),
     ]  # fmt: skip
-    with run_process(
-        command, timeout_s=600, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    with spawned(
+        command, text=True, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     ) as child:
         out, err = child.communicate(timeout=600)
     return child.returncode, out, err

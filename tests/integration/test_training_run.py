@@ -152,16 +152,14 @@ def test_sigterm_ends_the_run_killed_with_its_points_and_no_leftovers(
     import sys
     import time
 
-    from support.processes import run_process
+    from support.processes import spawned
 
     options = ["--synthetic-classes", "4", "--synthetic-clips-per-class", "12", "--epochs", "200"]
     options += ["--dim", "16", "--heads", "2", "--layers", "1", "--progress", "false"]
     command = [sys.executable, "-m", "mlflow_audiodiag.cli.main", "train", *options]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     client = MlflowClient()
-    with run_process(
-        command, timeout_s=600, env=env, stderr=subprocess.PIPE, cwd=tmp_path
-    ) as child:
+    with spawned(command, text=True, env=env, stderr=subprocess.PIPE, cwd=tmp_path) as child:
         deadline = time.monotonic() + 300
         while True:
             assert child.poll() is None, child.stderr.read()

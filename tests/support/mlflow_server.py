@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow_audiodiag.cli.server import free_port, server_command
+from support.processes import stop_group
 
 
 @dataclass
@@ -77,23 +78,16 @@ class MlflowServer:
         output = self.log_path.read_text(errors="replace")[-4000:]
         return RuntimeError(f"mlflow server on {self.uri} {problem}. Its output:\n{output}")
 
-    def stop(self, kill: bool = False, timeout_s: float = 15.0) -> None:
-        """Terminates (or kills) the server's process group and waits for it."""
+    def stop(self, kill: bool = False) -> None:
+        """Stops the server's whole process group (its workers too) and waits for it; with
+        ``kill``, at once by SIGKILL (as a crash would)."""
         if self.process is None:
             return
         process, self.process = self.process, None
-        if process.poll() is None:
-            self._signal_group(process, signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self._signal_group(process, signal.SIGKILL)
-                process.wait(timeout=timeout_s)
-
-    @staticmethod
-    def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, sig)  # the group id is the server's pid (start_new_session)
+        if kill:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # group id = pid (start_new_session)
+        stop_group(process)
 
     def restart(self) -> MlflowServer:
         """Stops the server if it runs, then starts it again on the same port and store."""

@@ -24,8 +24,3 @@ def test_every_schema_name_is_in_the_readme_table() -> None:
         if re.sub(r"\{(\w+)\}", r"<\1>", value) not in table
     ]
     assert not missing, f"document these schema names in README.md: {missing}"
-
-
-def test_metric_safe_keeps_valid_names_and_replaces_the_rest() -> None:
-    assert schema.metric_safe("val_recall/dog bark-2.0") == "val_recall/dog bark-2.0"
-    assert schema.metric_safe("labels/train/count/<b>é") == "labels/train/count/_b_é"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from support.processes import run_process
+from support.processes import spawned
 
 from mlflow_audiodiag.cli.server import free_port
 from mlflow_audiodiag.monitoring import spool
@@ -196,7 +196,7 @@ def test_recover_takes_spools_of_dead_writers_and_ends_their_runs_killed(
 ) -> None:
     root = tmp_path / "spool"
     command = [sys.executable, "-c", DYING_WRITER, run_id, str(root), "die"]
-    with run_process(command, timeout_s=120, stdout=subprocess.PIPE) as child:
+    with spawned(command, text=True, stdout=subprocess.PIPE) as child:
         out, _ = child.communicate(timeout=120)
     assert child.returncode == 3
     assert client.get_run(run_id).info.status == "RUNNING"
@@ -213,7 +213,7 @@ def test_recover_takes_spools_of_dead_writers_and_ends_their_runs_killed(
 def test_recover_leaves_the_spool_of_a_running_writer_alone(client, run_id, tmp_path) -> None:
     root = tmp_path / "spool"
     command = [sys.executable, "-c", DYING_WRITER, run_id, str(root), "live"]
-    with run_process(command, timeout_s=120, stdout=subprocess.PIPE) as child:
+    with spawned(command, text=True, stdout=subprocess.PIPE) as child:
         folder = Path(child.stdout.readline().strip())
         assert recover(root, client) == []  # the writer holds the lock
         assert (folder / spool.METRICS).exists()
@@ -229,8 +229,8 @@ def test_a_new_logger_delivers_a_leftover_spool_of_an_ended_process(
     client, run_id, tmp_path
 ) -> None:
     root = tmp_path / "spool"
-    with run_process(
-        [sys.executable, "-c", DYING_WRITER, run_id, str(root), "die"], timeout_s=120
+    with spawned(
+        [sys.executable, "-c", DYING_WRITER, run_id, str(root), "die"], text=True
     ) as child:
         child.communicate(timeout=120)
     other = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id

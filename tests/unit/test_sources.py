@@ -81,6 +81,13 @@ def test_manifest_with_empty_split_column_is_split_automatically(tmp_path: Path)
         ("path,label,split\na.wav,x,train\nb.wav,y,\n", r"split column is empty .*lines 3\)"),
         ("path,label,split\na.wav,x,train\nb.wav,y,holdout\n", r"line 3: split 'holdout'"),
         ("path,label\n", r"has no clip rows"),
+        ("path,label\na.wav,x,train\n", r"line 2 has 3 fields but the header has 2"),
+        (
+            "path,label,split\na.wav,x,train\nb.wav,y,train,extra\n",
+            r"line 3 has 4 fields but the header has 3",
+        ),
+        ("path,label,split\na.wav,x,train\nb.wav,y\n", r"line 3 has 2 fields but the header"),
+        ('path,label,split\n"a.wav,x",train\n', r"line 2 has 2 fields but the header has 3"),
     ],
 )
 def test_manifest_errors_name_the_line(tmp_path: Path, content: str, expected: str) -> None:
@@ -88,6 +95,14 @@ def test_manifest_errors_name_the_line(tmp_path: Path, content: str, expected: s
     with pytest.raises(DataError, match=expected) as error:
         read_manifest(manifest)
     assert "bad.csv" in str(error.value)
+
+
+def test_rows_with_a_split_under_a_header_without_one_are_rejected(tmp_path: Path) -> None:
+    """Written splits must never be silently replaced by an automatic split."""
+    rows = "".join(f"{i}.wav,{'ab'[i % 2]},{'train' if i < 12 else 'test'}\n" for i in range(20))
+    manifest = write_text(tmp_path / "m.csv", "path,label\n" + rows)
+    with pytest.raises(DataError, match=r"m\.csv line 2 has 3 fields .*add a split column"):
+        read_manifest(manifest)
 
 
 def test_manifest_that_is_not_text(tmp_path: Path) -> None:

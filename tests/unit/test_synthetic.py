@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +14,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from support import processes
 
 from mlflow_audiodiag.data.sources import load_clip_table
 from mlflow_audiodiag.data.synthetic import (
@@ -138,3 +143,52 @@ def test_pair_has_same_average_spectrum_but_different_frames(pair: tuple[str, st
             peak_band = features.argmax(dim=0).numpy()[active]
             slopes.append(np.polyfit(active, peak_band, 1)[0])
         assert slopes[0] > 0 > slopes[1]
+
+
+# Waits for its go file, generates the dataset, then checks that every clip its manifest lists
+# is there and readable.
+_GENERATE_AND_READ = """
+import sys, time
+from pathlib import Path
+import pandas as pd, soundfile as sf
+from mlflow_audiodiag.data.synthetic import SyntheticConfig, generate_dataset
+config = SyntheticConfig(n_classes=2, clips_per_class=int(sys.argv[2]), duration_s=0.5)
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.01)
+manifest = generate_dataset(Path(sys.argv[1]), config, progress=False)
+for relative in pd.read_csv(manifest)["path"]:
+    path = manifest.parent / relative
+    if not path.is_file():
+        sys.exit(f"{path} does not exist")
+    sf.read(path)
+print("complete")
+"""
+
+
+@pytest.mark.slow
+def test_simultaneous_first_generations_all_get_a_complete_dataset(tmp_path: Path) -> None:
+    """Four trainings starting at once on an empty cache: the later ones must neither delete
+    the clips the first is writing nor read a dataset still being written."""
+    clips = 400
+    out = tmp_path / "synthetic"
+    go_first, go_next = tmp_path / "go-first", tmp_path / "go-next"
+    with contextlib.ExitStack() as stack:
+
+        def start(go: Path) -> subprocess.Popen:
+            command = [sys.executable, "-c", _GENERATE_AND_READ, str(out), str(clips), str(go)]
+            return stack.enter_context(
+                processes.spawned(
+                    command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                )
+            )
+
+        children = {"first": start(go_first), **{f"next-{i}": start(go_next) for i in range(3)}}
+        go_first.touch()
+        deadline = time.monotonic() + 120
+        while len(list(out.rglob("*.wav"))) < 0.85 * 2 * clips and time.monotonic() < deadline:
+            time.sleep(0.01)  # the others start when the first is nearly done
+        go_next.touch()
+        results = processes.communicate_all(children, timeout_s=300)
+    for name, (code, out_text, err) in results.items():
+        assert code == 0 and "complete" in out_text, f"{name}: {err[-2000:]}"
+    assert len(pd.read_csv(out / "manifest.csv")) == 2 * clips
