@@ -128,27 +128,28 @@ def test_a_file_name_that_is_not_utf8_is_skipped_with_its_reason(tmp_path) -> No
     assert kept == 8
 
 
-def test_the_confusion_matrix_draws_labels_literally(monkeypatch) -> None:
-    import mlflow
-    from mlflow_audiodiag.training.metrics import ClassificationScores
-
+def test_the_confusion_matrix_draws_labels_literally() -> None:
+    from mlflow_audiodiag.metrics import ClassificationScores
     from mlflow_audiodiag.training import artifacts
     from mlflow_audiodiag.training.loop import SplitResult
 
     drawn: list[bytes] = []
 
-    def log_figure(figure, name: str) -> None:
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")  # where mathtext would fail
-        drawn.append(buffer.getvalue())
+    class Sink:  # what the run logger would upload, kept here
+        def log_figure(self, figure, name: str) -> None:
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png")  # where mathtext would fail
+            drawn.append(buffer.getvalue())
 
-    monkeypatch.setattr(mlflow, "log_figure", log_figure)
-    monkeypatch.setattr(mlflow, "log_text", lambda text, name: None)
+        def log_text(self, text: str, name: str) -> None:
+            pass
+
     result = SplitResult(
         loss=1.0,
         scores=ClassificationScores(0.5, 0.5, 0.5),
         targets=np.array([0, 1, 2, 3]),
         predictions=np.array([0, 1, 3, 2]),
     )
-    artifacts.log_confusion_matrix(result, ["$\\undefinedcmd$", "$x_1$", "../x", "<b>"], "val")
+    labels = ["$\\undefinedcmd$", "$x_1$", "../x", "<b>"]
+    artifacts.log_confusion_matrix(result, labels, "val", Sink())
     assert len(drawn) == 1 and drawn[0].startswith(b"\x89PNG")
