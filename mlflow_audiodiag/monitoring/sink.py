@@ -24,6 +24,7 @@ import atexit
 import itertools
 import json
 import logging
+import math
 import posixpath
 import re
 import shutil
@@ -339,7 +340,7 @@ class DurableRunLogger:
 
     def write_json(self, name: str, payload: Any) -> None:
         """Replaces ``<table_dir>/<name>.json`` (uploaded on :meth:`publish` and close)."""
-        text = json.dumps(payload, indent=2, allow_nan=False, default=_json_default)
+        text = json.dumps(_finite_json(payload), indent=2, allow_nan=False, default=_json_default)
         path = self.folder / spool.TABLES / f"{name}.json"
         self._write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
@@ -735,6 +736,17 @@ def _close_live_loggers() -> None:
             live.close(timeout_s=2.0)
         except Exception as error:  # never fail interpreter shutdown
             logger.error("closing the run logger of run %s failed: %s", live.run_id, error)
+
+
+def _finite_json(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``null`` (JSON has no such numbers)."""
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _json_default(value: Any) -> Any:

@@ -284,3 +284,16 @@ def test_loggers_of_one_process_get_separate_spools(client, run_id, tmp_path) ->
     second.log("b", 2.0, 0)
     assert first.close() and second.close()
     assert os.path.exists(tmp_path / "spool") and spool.spool_dirs(tmp_path / "spool") == []
+
+
+def test_non_finite_values_in_a_written_json_become_null(client, run_id, tmp_path) -> None:
+    sink = DurableRunLogger(run_id, client, manual(tmp_path))
+    sink.write_json(
+        "summary", {"features/input/train/mean": float("nan"), "n": [1.0, float("inf")]}
+    )
+    assert sink.close()
+    path = client.download_artifacts(run_id, "monitor/summary.json", str(tmp_path))
+    assert json.loads(Path(path).read_text()) == {
+        "features/input/train/mean": None,
+        "n": [1.0, None],
+    }

@@ -253,6 +253,16 @@ def windowed_medians(values: np.ndarray, windows: int = 20) -> np.ndarray:
     return np.array([np.median(part) for part in np.array_split(values, count) if len(part)])
 
 
+def grad_growth(values: np.ndarray) -> float:
+    """How much the total gradient norm grew within the run: the largest windowed median
+    over the smallest one before it."""
+    medians = windowed_medians(values)
+    if len(medians) < 2:
+        return 1.0
+    earlier = np.minimum.accumulate(medians)
+    return float(np.max(medians[1:] / np.maximum(earlier[:-1], 1e-30)))
+
+
 def train_loss(ev: RunEvidence) -> np.ndarray | None:
     """Epoch training losses, else the step losses."""
     values = ev.values(S.TRAIN_LOSS.name)

@@ -10,9 +10,9 @@ from mlflow_audiodiag.diagnosis.findings import Finding, Severity
 from mlflow_audiodiag.diagnosis.rules.common import (
     clip_advice,
     finite,
+    grad_growth,
     knob,
     lr_advice,
-    windowed_medians,
 )
 from mlflow_audiodiag.diagnosis.rules.registry import Context, MissingSignal, rule
 from mlflow_audiodiag.diagnosis.thresholds import Thresholds
@@ -94,13 +94,7 @@ def _growth_before(ev: RunEvidence, onset: float) -> float | None:
     if rows is None:
         return None
     values = rows[(rows[:, 0] < onset) & np.isfinite(rows[:, 1]), 1]
-    if len(values) < 8:
-        return None
-    medians = windowed_medians(values)
-    earlier = np.minimum.accumulate(medians)
-    if len(medians) < 2:
-        return None
-    return float(np.max(medians[1:] / np.maximum(earlier[:-1], 1e-30)))
+    return grad_growth(values) if len(values) >= 8 else None
 
 
 def _first_nonfinite_step(ev: RunEvidence) -> float | None:

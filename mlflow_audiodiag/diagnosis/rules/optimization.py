@@ -13,6 +13,7 @@ from mlflow_audiodiag.diagnosis.rules.common import (
     clip_advice,
     clip_norm,
     finite,
+    grad_growth,
     is_frozen,
     knob,
     log_ramp,
@@ -26,7 +27,6 @@ from mlflow_audiodiag.diagnosis.rules.common import (
     step_values,
     train_loss,
     update_ratios,
-    windowed_medians,
 )
 from mlflow_audiodiag.diagnosis.rules.registry import Context, MissingSignal, rule
 from mlflow_audiodiag.diagnosis.thresholds import Thresholds
@@ -165,21 +165,22 @@ def _loss_blowup(ev: RunEvidence, t: Thresholds) -> float | None:
     family="optimization",
     title="Exploding gradients",
     precedence=1,
-    thresholds=("spike_ratio", "growth_ratio", "grad_norm_high", "loss_blowup_ratio"),
-    signals=(S.GRAD_NORM_TOTAL, S.CLIP_MAX_NORM, S.TRAIN_LOSS, S.STEP_LOSS),
+    thresholds=(
+        "spike_ratio",
+        "growth_ratio",
+        "grad_norm_high",
+        "loss_blowup_ratio",
+        "update_ratio_high",
+    ),
+    signals=(S.GRAD_NORM_TOTAL, S.CLIP_MAX_NORM, S.TRAIN_LOSS, S.STEP_LOSS, S.UPDATE_RATIO),
 )
 def exploding_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     """The total gradient norm (before clipping) grows by an order of magnitude within the run,
     stays huge, or spikes; ``loss_blowup`` says whether the loss diverged too. Growth counts
-    even when clipping or an adaptive optimizer keeps the updates bounded."""
+    even when clipping or an adaptive optimizer keeps the updates bounded; when the updates
+    were far too large from the first steps, the learning rate is named instead."""
     values = require(ev, S.GRAD_NORM_TOTAL, min_points=8)[:, 1]
-    medians = windowed_medians(values)
-    earlier_min = np.minimum.accumulate(medians)
-    growth = (
-        float(np.max(medians[1:] / np.maximum(earlier_min[:-1], 1e-30)))
-        if len(medians) > 1
-        else 1.0
-    )
+    growth = grad_growth(values)
     median = float(np.median(values))
     spike = float(values.max() / median) if median > 0 else float("inf")
     _, recent = phases(values, t)
@@ -209,7 +210,15 @@ def exploding_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding
         float(blowup),
         0.5 * log_ramp(spike, t.spike_ratio, 10 * t.spike_ratio),
     )
-    if blowup or ((by_growth or by_level) and clip is None):
+    early_ratio = _early_fastest_ratio(ev, t)
+    lr_from_start = early_ratio is not None and early_ratio >= t.update_ratio_high
+    if lr_from_start:
+        # The updates were too large from the first steps: the learning rate is the cause,
+        # the growing gradients its consequence.
+        evidence["update_ratio_fastest_group_early"] = early_ratio
+        evidence["explained_by"] = LR_TOO_HIGH
+        severity = Severity.INFO
+    elif blowup or ((by_growth or by_level) and clip is None):
         severity = Severity.CRITICAL
     elif by_growth or by_level:
         severity = Severity.WARNING
@@ -310,19 +319,25 @@ def vanishing_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding
         "early_fraction",
         "dead_ratio",
         "window_epochs",
+        "growth_ratio",
     ),
     signals=(S.UPDATE_RATIO, S.STEP_LOSS, S.TRAIN_LOSS, S.GRAD_NORM_TOTAL, S.LR),
 )
 def lr_too_high(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     """Updates far above ~1e-2 of the weights per step; or an early blow-up (the loss jumps in
     the first steps, after which the gradients die); or a training loss that rises or
-    oscillates from epoch to epoch."""
+    oscillates from epoch to epoch. Updates of a normal size at first that grow with growing
+    gradients are exploding gradients instead."""
     ratios = update_ratios(ev, t, trainable_only=True)
     early_ratio = _early_fastest_ratio(ev, t)
     blowup = _early_blowup(ev, t)
     epoch_losses = ev.values(S.TRAIN_LOSS.name)
     if not ratios and blowup is None and epoch_losses is None:
         raise MissingSignal(S.UPDATE_RATIO.name)
+    grads = step_values(ev, S.GRAD_NORM_TOTAL.name)
+    normal_start = early_ratio is not None and early_ratio < t.update_ratio_high
+    if normal_start and grads is not None and grad_growth(grads[:, 1]) >= t.growth_ratio:
+        return None  # updates were fine until the gradients grew: exploding gradients
     ratio = max(ratios.values()) if ratios else None
     by_ratio = ratio is not None and ratio >= t.update_ratio_high
     by_early = early_ratio is not None and early_ratio >= t.update_ratio_high
