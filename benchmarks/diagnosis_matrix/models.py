@@ -2,8 +2,8 @@
 
 ``build_model(arch, n_mels, n_classes, size, variant, dropout)``: ``size`` is ``small``
 (default), ``tiny`` (too small to fit) or ``big`` (over-parameterised); ``variant`` is a
-deliberate architectural fault: ``sigmoid_deep`` (deep sigmoid stack), ``saturating_init``
-(weights initialised far too large) or ``qk_scale`` (attention query/key weights x30).
+deliberate architectural fault: ``sigmoid_deep`` (deep sigmoid stack) or ``qk_scale``
+(attention query/key weights x30).
 """
 
 from __future__ import annotations
@@ -162,14 +162,7 @@ def build_model(
 
 def _apply_variant(model: nn.Module, variant: str) -> None:
     with torch.no_grad():
-        if variant == "saturating_init":
-            # "Bigger init, faster start": weights drawn 20x too large saturate every gate.
-            for name, param in model.named_parameters():
-                if param.dim() > 1:
-                    param.mul_(20.0)
-                elif "bias" in name and isinstance(model, GRUClassifier):
-                    param.add_(10.0)
-        elif variant == "qk_scale":
+        if variant == "qk_scale":
             for module in model.modules():
                 if isinstance(module, nn.MultiheadAttention):
                     dim = module.embed_dim

@@ -102,13 +102,15 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "vanishing_gradients",
             "vanishing_gradients",
-            "a deep sigmoid stack (CNN, MLP) or weights initialised 20x too large (GRU)",
+            "a deep sigmoid stack (CNN, MLP)",
             per_arch={
                 "cnn": {"variant": "sigmoid_deep"},
                 "mlp": {"variant": "sigmoid_deep"},
-                "gru": {"variant": "saturating_init"},
             },
-            archs=("cnn", "gru", "mlp"),
+            # A GRU's gates are built against vanishing gradients: with weights x20 and saturated
+            # gates its recurrent layer's gradient stayed above the head's (measured), so no GRU
+            # case carries this label. The transformer's residual stream does the same.
+            archs=("cnn", "mlp"),
             zoo="vanishing_gradients",
         ),
         Scenario(

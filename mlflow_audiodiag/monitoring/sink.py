@@ -146,6 +146,23 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0][:300] if text else "no message"
 
 
+_REFUSALS = {"401": "HTTP 401: the login was refused", "403": "HTTP 403: permission denied"}
+_REFUSAL_CODES = {"UNAUTHENTICATED": "401", "PERMISSION_DENIED": "403"}
+
+
+def refusal(error: BaseException) -> str | None:
+    """What an authentication or permission refusal says, or ``None`` for any other error.
+
+    >>> refusal(RuntimeError("failed with error code 403 != 200"))
+    'HTTP 403: permission denied'
+    """
+    status = _REFUSAL_CODES.get(str(getattr(error, "error_code", "")))
+    if status is None:
+        match = re.search(r"error code (401|403)\b", str(error))
+        status = match.group(1) if match else None
+    return _REFUSALS[status] if status else None
+
+
 class _Outage:
     """Exponential backoff with one warning per outage and one note when it ends."""
 
@@ -168,7 +185,7 @@ class _Outage:
         if self.since is None:
             self.since = time.monotonic()
             logger.warning(
-                "%s; %s kept in %s; delivery resumes when it is back (or later with `%s`)",
+                "%s; %s kept in %s; delivery is retried until it succeeds (or later with `%s`)",
                 problem,
                 pending,
                 self.where,
@@ -534,10 +551,19 @@ class DurableRunLogger:
             self._deliver_uploads()
             self._deliver_published()
         except Exception as error:  # any failure keeps the rest queued
-            self._failed(
-                f"tracking server {self.tracking_uri} did not accept the run's data "
-                f"({type(error).__name__}: {first_line(error)})"
-            )
+            refused = refusal(error)
+            if refused:
+                problem = (
+                    f"tracking server {self.tracking_uri} refused the run's data ({refused}; "
+                    "check MLFLOW_TRACKING_USERNAME/PASSWORD and the user's permission on the "
+                    "experiment)"
+                )
+            else:
+                problem = (
+                    f"tracking server {self.tracking_uri} did not accept the run's data "
+                    f"({type(error).__name__}: {first_line(error)})"
+                )
+            self._failed(problem)
             return False
         self._outage.succeeded(self.tracking_uri, f"{sent} points")
         return not self._pending_work()

@@ -4,6 +4,7 @@ experiment can neither read nor write its runs."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -11,6 +12,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from support import processes
+
+from mlflow_audiodiag.monitoring.sink import DurableRunLogger, SinkConfig, recover
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -95,3 +98,41 @@ def test_a_user_without_permission_cannot_read_or_write_the_runs(team_server, tm
     with team_server.logged_in("alice"):
         history = client.get_metric_history(run_id, "val/accuracy")
         assert [(m.step, m.value) for m in history] == [(1, 0.5)]  # nothing of bob's landed
+
+
+def test_a_refused_delivery_keeps_its_spool_and_warns_once(team_server, tmp_path, caplog) -> None:
+    """The server refuses the monitor's writes (a user without permission on the run): nothing
+    is lost, one warning says so, and `recover` with a permitted login delivers it all once."""
+    client = MlflowClient(team_server.uri)
+    with team_server.logged_in("alice"):
+        experiment_id = client.create_experiment("alice-refused")
+        run_id = client.create_run(experiment_id, run_name="refused").info.run_id
+    config = SinkConfig(
+        spool_root=tmp_path / "spool",
+        flush_interval_s=0.05,
+        retry_backoff_s=(0.05, 0.2),
+        close_timeout_s=2.0,
+    )
+    caplog.set_level(logging.INFO, logger="mlflow_audiodiag.monitoring.sink")
+    with team_server.logged_in("bob"):
+        sink = DurableRunLogger(run_id, client, config)
+        for step in range(300):
+            sink.log("train/step_loss", float(step), step)
+        sink.set_tag("audiodiag.live", "watching")
+        time.sleep(1.5)  # several refused delivery attempts
+        assert not sink.close()
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "refused the run's data (HTTP 403: permission denied" in warnings[0]
+    assert str(sink.folder) in warnings[0]
+    assert sink.folder.is_dir()
+
+    with team_server.logged_in("alice"):
+        [recovered] = recover(sink.folder, client)
+        history = client.get_metric_history(run_id, "train/step_loss")
+        run = client.get_run(run_id)
+    assert recovered.points == 300
+    assert sorted(m.step for m in history) == list(range(300))  # every point, exactly once
+    assert run.data.tags["audiodiag.live"] == "watching"
+    assert not sink.folder.exists()

@@ -81,3 +81,10 @@ def test_the_monitor_imports_without_the_audio_stack() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_test_module_basenames_are_unique() -> None:
+    """pytest's default import mode refuses two test files with one basename."""
+    tests = Path(__file__).resolve().parents[1]
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
