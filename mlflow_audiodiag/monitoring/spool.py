@@ -86,11 +86,26 @@ def read_header(folder: Path) -> dict[str, Any]:
 
 
 def spool_dirs(root: Path) -> list[Path]:
-    """Every spool folder under ``root`` (a spool folder itself, a run folder or a root)."""
+    """Every spool folder under ``root`` (a spool folder itself, a run folder or a root).
+
+    Spools are ``<root>/<run id>/<spool>``; other processes create and remove them meanwhile,
+    so a folder that vanishes while it is listed is skipped rather than an error.
+    """
     root = Path(root)
     if (root / HEADER).exists():
         return [root]
-    return sorted(path.parent for path in root.glob(f"**/{HEADER}"))
+    found = [folder for folder in _subfolders(root) if (folder / HEADER).exists()]
+    for run_folder in _subfolders(root):
+        found += [folder for folder in _subfolders(run_folder) if (folder / HEADER).exists()]
+    return sorted(found)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        with os.scandir(folder) as entries:
+            return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 class WriterLock:

@@ -297,3 +297,33 @@ def test_non_finite_values_in_a_written_json_become_null(client, run_id, tmp_pat
         "features/input/train/mean": None,
         "n": [1.0, None],
     }
+
+
+def test_listing_spools_survives_other_processes_removing_theirs(tmp_path) -> None:
+    """Concurrent trainings share the spool root: a spool (or a staged file in it) removed
+    while another logger lists the root for orphans is skipped, not an error."""
+    import threading
+
+    root = tmp_path / "spool"
+    kept = spool.new_spool_dir(root, "a" * 32)
+    spool.write_header(kept, "a" * 32, "http://127.0.0.1:1")
+    stop = threading.Event()
+
+    def churn() -> None:
+        index = 0
+        while not stop.is_set():
+            folder = spool.new_spool_dir(root, "b" * 32)
+            spool.write_header(folder, "b" * 32, "http://127.0.0.1:1")
+            for part in range(20):
+                (folder / "files" / f"{index:05d}" / str(part)).mkdir(parents=True)
+            shutil.rmtree(folder)
+            index += 1
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(300):
+            assert kept in spool.spool_dirs(root)
+    finally:
+        stop.set()
+        thread.join()
