@@ -121,6 +121,9 @@ class Thresholds:
     grad_norm_high: float = 1e3
     # Last / first train loss at or above this: the loss blew up (divergence).
     loss_blowup_ratio: float = 2.0
+    # Recent / early train loss at or below this while the gradient norm grows (less than
+    # 10 x growth_ratio): the network learns through the growth (it sharpens as it fits).
+    loss_learning_ratio: float = 0.75
 
     # --- learning rate and updates ---
     # Fastest group's median update/weight ratio ||dW||/||W|| below this (<< ~1e-3): LR too low.

@@ -100,6 +100,16 @@ def test_growing_gradient_norms_count_as_exploding_even_with_bounded_updates() -
     assert result.primary_cause == rules.EXPLODING_GRADIENTS
 
 
+def test_gradients_that_grow_while_the_loss_keeps_falling_are_no_alarm() -> None:
+    """A recurrent net that starts to fit: norms grow ~12x, the loss halves, val learns."""
+    grown = steps(**{"grad_norm/total": list(np.r_[np.full(STEPS // 3, 0.3),
+                                                   np.full(STEPS - STEPS // 3, 3.6)])})  # fmt: skip
+    result = diagnose(evidence(epochs(), grown))
+    exploding = result.finding(rules.EXPLODING_GRADIENTS)
+    assert exploding is not None and exploding.severity is Severity.INFO
+    assert result.verdict == "healthy" and result.primary_cause is None
+
+
 def test_an_early_blow_up_that_leaves_dead_units_is_lr_too_high_not_vanishing() -> None:
     early = STEPS // 20
     loss = list(np.r_[np.full(3, 1.4), np.full(early, 8.0), np.full(STEPS - early - 3, 1.39)])

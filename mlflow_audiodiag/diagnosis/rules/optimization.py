@@ -170,6 +170,7 @@ def _loss_blowup(ev: RunEvidence, t: Thresholds) -> float | None:
         "growth_ratio",
         "grad_norm_high",
         "loss_blowup_ratio",
+        "loss_learning_ratio",
         "update_ratio_high",
     ),
     signals=(S.GRAD_NORM_TOTAL, S.CLIP_MAX_NORM, S.TRAIN_LOSS, S.STEP_LOSS, S.UPDATE_RATIO),
@@ -177,8 +178,9 @@ def _loss_blowup(ev: RunEvidence, t: Thresholds) -> float | None:
 def exploding_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     """The total gradient norm (before clipping) grows by an order of magnitude within the run,
     stays huge, or spikes; ``loss_blowup`` says whether the loss diverged too. Growth counts
-    even when clipping or an adaptive optimizer keeps the updates bounded; when the updates
-    were far too large from the first steps, the learning rate is named instead."""
+    even when clipping or an adaptive optimizer keeps the updates bounded, but not while the
+    training loss keeps falling well (the network sharpens as it fits); when the updates were
+    far too large from the first steps, the learning rate is named instead."""
     values = require(ev, S.GRAD_NORM_TOTAL, min_points=8)[:, 1]
     growth = grad_growth(values)
     median = float(np.median(values))
@@ -212,11 +214,21 @@ def exploding_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding
     )
     early_ratio = _early_fastest_ratio(ev, t)
     lr_from_start = early_ratio is not None and early_ratio >= t.update_ratio_high
+    learning_through = (
+        not blowup
+        and not by_level
+        and growth < 10 * t.growth_ratio  # beyond that no fit explains it
+        and loss_ratio is not None
+        and loss_ratio <= t.loss_learning_ratio
+    )
     if lr_from_start:
         # The updates were too large from the first steps: the learning rate is the cause,
         # the growing gradients its consequence.
         evidence["update_ratio_fastest_group_early"] = early_ratio
         evidence["explained_by"] = LR_TOO_HIGH
+        severity = Severity.INFO
+    elif learning_through:
+        # Norms that grow while the loss keeps falling well: the network sharpens as it fits.
         severity = Severity.INFO
     elif blowup or ((by_growth or by_level) and clip is None):
         severity = Severity.CRITICAL
@@ -239,6 +251,7 @@ def exploding_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding
             "growth_ratio": t.growth_ratio,
             "grad_norm_high": t.grad_norm_high,
             "loss_blowup_ratio": t.loss_blowup_ratio,
+            "loss_learning_ratio": t.loss_learning_ratio,
         },
         fix=(
             f"{clip_advice(ev).capitalize()}, {lr_advice(ev, 0.3)} and warm it up; use "
