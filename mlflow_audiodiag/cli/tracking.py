@@ -105,12 +105,16 @@ def use_experiment(name: str) -> str:
     return experiment.experiment_id
 
 
+# MLflow 3.17's UI opens experiments in its GenAI view unless the browser was switched to model
+# training (its sidebar toggle, kept per browser); a link with this query switches it.
+TRAINING_VIEW_QUERY = "?workflowType=machine_learning"
+
+
 def run_page_hint(experiment_id: str, run_id: str, uri: str | None = None) -> str:
-    """How to open a run in the MLflow UI for the current tracking URI."""
+    """How to open a run in the MLflow UI (its model-training view) for the current tracking
+    URI."""
     uri = uri or mlflow.get_tracking_uri()
+    page = f"/#/experiments/{experiment_id}/runs/{run_id}{TRAINING_VIEW_QUERY}"
     if urlparse(uri).scheme in ("http", "https"):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return (
-        f"mlflow ui --backend-store-uri {uri}   then open "
-        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
-    )
+        return f"{uri.rstrip('/')}{page}"
+    return f"mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000{page}"

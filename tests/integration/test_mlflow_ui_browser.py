@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from support import processes
 
 from mlflow_audiodiag import schema
+from mlflow_audiodiag.cli.tracking import TRAINING_VIEW_QUERY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 
@@ -28,6 +30,7 @@ CHROMIUM = Path(os.environ.get("AUDIODIAG_CHROMIUM", "/usr/bin/chromium"))
 EXPERIMENT = "ui-check"
 STAGNANT = "lr_too_low"
 TIMEOUT_MS = 60_000
+MAX_METRIC_KEYS = 40
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +119,39 @@ def test_runs_table_run_page_and_report_show_the_diagnosis(
         assert verdict in cells and cause in cells, (scenario, cells)
     page.screenshot(path=str(screenshots / "runs_table.png"))
 
-    # Run page: the diagnosis summary is the run's description.
-    page.goto(f"{base}/runs/{run_ids[STAGNANT]}")
+    # The experiment link the CLI prints opens MLflow's model-training view, not GenAI.
+    page.goto(f"{base}{TRAINING_VIEW_QUERY}")
+    page.wait_for_url(re.compile(r".*/runs\?.*workflowType=machine_learning.*"))
+    page.get_by_text(f"zoo-{STAGNANT}").first.wait_for()
+
+    # Run page: the diagnosis summary is the run's description, at most 40 metric keys, and
+    # the data in the Datasets panel.
+    page.goto(f"{base}/runs/{run_ids[STAGNANT]}{TRAINING_VIEW_QUERY}")
     page.get_by_text("audiodiag verdict: stagnant").wait_for()
     page.get_by_text("Most likely cause: Learning rate too low").wait_for()
+    heading = page.get_by_text(re.compile(r"^Metrics \(\d+\)$"))
+    heading.wait_for()
+    n_keys = int(re.search(r"\d+", heading.inner_text()).group())
+    assert 0 < n_keys <= MAX_METRIC_KEYS, heading.inner_text()
+    run = MlflowClient(mlflow_server.uri).get_run(run_ids[STAGNANT])
+    [dataset] = [d.dataset.name for d in run.inputs.dataset_inputs]
+    page.get_by_text(dataset).first.wait_for()  # the Datasets panel
     _close_assistant(page)
     page.screenshot(path=str(screenshots / "run_page.png"), full_page=True)
+
+    # The LR of an lr=1e-7 run reads on a log10 chart (not "0 0 0"), beside the update ratio.
+    page.goto(f"{base}/runs/{run_ids[STAGNANT]}/model-metrics{TRAINING_VIEW_QUERY}")
+    page.get_by_placeholder("Search metric charts").fill("log10")
+    page.get_by_text("log10_lr", exact=True).wait_for()
+    page.get_by_text("log10_update_ratio", exact=True).wait_for()
+    page.locator("g.ytick text").first.wait_for()
+    ticks = [
+        float(t.replace("\u2212", "-"))
+        for t in page.locator("g.ytick text").all_text_contents()
+        if re.fullmatch(r"[\u2212-]?\d+(\.\d+)?", t.strip())
+    ]
+    assert ticks and min(ticks) <= -7, ticks  # the axis reads 1e-7 as -7
+    page.screenshot(path=str(screenshots / "metrics_log10.png"))
 
     # The HTML report artifact, rendered by the UI in a sandboxed iframe.
     page.goto(f"{base}/runs/{run_ids[STAGNANT]}/artifacts/diagnosis/report.html")

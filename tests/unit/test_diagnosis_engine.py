@@ -100,6 +100,17 @@ def test_growing_gradient_norms_count_as_exploding_even_with_bounded_updates() -
     assert result.primary_cause == rules.EXPLODING_GRADIENTS
 
 
+def test_large_first_updates_then_growing_gradients_are_exploding_not_lr() -> None:
+    """SGD at a large LR: the first updates are big, then the norms feed on themselves."""
+    grown = steps(
+        **{"grad_norm/total": list(np.geomspace(2.0, 2e5, STEPS))},
+        **{f"update_ratio/{g}": [0.2] * STEPS for g in GROUPS},
+    )
+    result = diagnose(evidence(epochs(**STUCK), grown))
+    assert result.primary_cause == rules.EXPLODING_GRADIENTS
+    assert result.finding(rules.LR_TOO_HIGH).severity is not Severity.CRITICAL
+
+
 def test_gradients_that_grow_while_the_loss_keeps_falling_are_no_alarm() -> None:
     """A recurrent net that starts to fit: norms grow ~12x, the loss halves, val learns."""
     grown = steps(**{"grad_norm/total": list(np.r_[np.full(STEPS // 3, 0.3),

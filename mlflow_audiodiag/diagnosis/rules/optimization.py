@@ -213,7 +213,13 @@ def exploding_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding
         0.5 * log_ramp(spike, t.spike_ratio, 10 * t.spike_ratio),
     )
     early_ratio = _early_fastest_ratio(ev, t)
-    lr_from_start = early_ratio is not None and early_ratio >= t.update_ratio_high
+    # Too-large first updates name the LR, unless the norms then grew by an order of magnitude
+    # or stay huge: gradients that feed on themselves are exploding, whatever started it.
+    lr_from_start = (
+        early_ratio is not None
+        and early_ratio >= t.update_ratio_high
+        and not (by_growth or by_level)
+    )
     learning_through = (
         not blowup
         and not by_level
@@ -348,8 +354,9 @@ def lr_too_high(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     if not ratios and blowup is None and epoch_losses is None:
         raise MissingSignal(S.UPDATE_RATIO.name)
     grads = step_values(ev, S.GRAD_NORM_TOTAL.name)
+    grew = grads is not None and grad_growth(grads[:, 1]) >= t.growth_ratio
     normal_start = early_ratio is not None and early_ratio < t.update_ratio_high
-    if normal_start and grads is not None and grad_growth(grads[:, 1]) >= t.growth_ratio:
+    if normal_start and grew:
         return None  # updates were fine until the gradients grew: exploding gradients
     ratio = max(ratios.values()) if ratios else None
     by_ratio = ratio is not None and ratio >= t.update_ratio_high
@@ -385,6 +392,11 @@ def lr_too_high(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     else:
         reason = "the training loss " + ("rises" if by_rise else "oscillates")
     unstable = blown or strength >= 1.0 or ((by_ratio or by_early) and (by_rise or by_oscillation))
+    if grew:
+        # Large first updates, then gradients that grew by an order of magnitude: the LR let
+        # them explode; exploding gradients is the finding that names the whole pattern.
+        evidence["grad_norm_growth"] = grad_growth(grads[:, 1])
+        unstable, strength = False, min(strength, 0.5)
     return Finding(
         code=LR_TOO_HIGH,
         severity=Severity.CRITICAL if unstable else Severity.WARNING,
