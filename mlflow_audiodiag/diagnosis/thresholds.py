@@ -79,6 +79,9 @@ class Thresholds:
     imbalance_ratio: float = 3.0
     # Train share of the largest class at or above this is imbalanced.
     train_majority_fraction: float = 0.7
+    # Window-mean val accuracy minus val balanced accuracy at or above this, on an imbalanced
+    # training split: the model favours the large classes (the imbalance holds it back).
+    favoured_gap: float = 0.05
 
     # --- input features ---
     # |mean| of the model's train input features above this: not zero-mean.

@@ -14,6 +14,7 @@ from test_diagnosis_rules import (
     epochs,
     evidence,
     steps,
+    summary,
 )
 
 from mlflow_audiodiag import signals
@@ -228,3 +229,52 @@ def test_a_model_too_small_to_fit_is_underfitting_and_one_at_its_limit_is_health
         }
     )
     assert diagnose(evidence(at_limit)).verdict == "healthy"
+
+
+IMBALANCED = summary(
+    **{"labels/train/imbalance_ratio": 20.0, "labels/train/majority_fraction": 0.5}
+)
+
+
+def test_imbalance_that_makes_the_model_favour_large_classes_is_the_cause() -> None:
+    """The run learns, but val accuracy runs 0.2 above balanced accuracy: small classes lost."""
+    val = epochs()["val/accuracy"]
+    favoured = epochs(**{"val/balanced_accuracy": [max(v - 0.2, 0.1) for v in val]})
+    result = diagnose(evidence(favoured, summary_values=IMBALANCED))
+    assert result.finding(rules.CLASS_IMBALANCE).severity is Severity.WARNING
+    assert result.verdict != "healthy" and result.primary_cause == rules.CLASS_IMBALANCE
+
+
+def test_imbalance_with_every_class_learned_is_a_note_on_a_healthy_run() -> None:
+    learned_all = epochs(**{"val/balanced_accuracy": epochs()["val/accuracy"]})
+    result = diagnose(evidence(learned_all, summary_values=IMBALANCED))
+    assert result.finding(rules.CLASS_IMBALANCE).severity is Severity.INFO
+    assert result.verdict == "healthy" and result.primary_cause is None
+
+
+def test_train_fits_val_never_moves_with_shifted_val_features_is_the_shift() -> None:
+    """What looks like memorised labels is the val features' shift when that shift shows."""
+    shifted = summary(**{"feature_shift/input/val_vs_train_smd_max": 4.0})
+    noisy_looking = epochs(
+        **{
+            "val/accuracy": FLAT,
+            "train/accuracy": list(np.linspace(0.25, 0.9, EPOCHS)),
+            "val/loss": list(np.linspace(1.39, 1.8, EPOCHS)),
+        }
+    )
+    result = diagnose(evidence(noisy_looking, summary_values=shifted))
+    assert result.primary_cause == rules.NORMALIZATION_MISMATCH
+    assert result.finding(rules.LABEL_NOISE) is None
+
+
+def test_a_blow_up_in_the_second_step_that_kills_the_network_is_lr_too_high() -> None:
+    """The loss jumps 500x in step 2; the median of the first steps must not hide the death."""
+    loss = list(np.r_[2.3, 1000.0, 200.0, np.full(STEPS - 3, 2.3)])
+    grads = list(np.r_[0.4, 430.0, 150.0, np.full(STEPS - 3, 0.15)])
+    blown = steps(
+        **{"train/step_loss": loss, "grad_norm/total": grads},
+        **{f"update_ratio/{g}": list(np.r_[np.full(3, 1.0), np.full(STEPS - 3, 0.01)])
+           for g in GROUPS},
+    )  # fmt: skip
+    result = diagnose(evidence(epochs(**STUCK, **{"train/accuracy": FLAT}), blown))
+    assert result.primary_cause == rules.LR_TOO_HIGH

@@ -120,12 +120,13 @@ def majority_class_collapse(ev: RunEvidence, t: Thresholds, ctx: Context) -> Fin
     family="data",
     title="Class imbalance",
     precedence=1,
-    thresholds=("imbalance_ratio", "train_majority_fraction"),
-    signals=(S.IMBALANCE_RATIO, S.MAJORITY_FRACTION),
-    plateau_cause=False,
+    thresholds=("imbalance_ratio", "train_majority_fraction", "favoured_gap", "window_epochs"),
+    signals=(S.IMBALANCE_RATIO, S.MAJORITY_FRACTION, S.VAL_ACCURACY, S.VAL_BALANCED_ACCURACY),
 )
 def class_imbalance(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
-    """The training split is dominated by a few classes."""
+    """The training split is dominated by a few classes. It holds the run back (warning) when
+    the model favours the large classes: val accuracy well above val balanced accuracy; a run
+    that learns every class despite it gets a note (info)."""
     ratio = ev.latest(S.IMBALANCE_RATIO.key(split="train"))
     share = ev.latest(S.MAJORITY_FRACTION.key(split="train"))
     if ratio is None and share is None:
@@ -147,14 +148,25 @@ def class_imbalance(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | N
         ramp(share, t.train_majority_fraction, 1.0) if share is not None else 0.0,
     )
     label = f"{ratio:.1f}x" if ratio is not None else f"majority share {share:.0%}"
+    gap = _favoured_gap(ev, t)
+    severity = Severity.WARNING
+    title = f"The training classes are imbalanced ({label})"
+    if gap is not None:
+        evidence["val_accuracy_minus_balanced_accuracy"] = gap
+        if gap >= t.favoured_gap:
+            title += " and the model favours the large classes"
+        else:
+            severity, strength = Severity.INFO, min(strength, 0.5)
+            title += "; every class is learned despite it"
     return Finding(
         code=CLASS_IMBALANCE,
-        severity=Severity.WARNING,
-        title=f"The training classes are imbalanced ({label})",
+        severity=severity,
+        title=title,
         evidence=evidence,
         thresholds={
             "imbalance_ratio": t.imbalance_ratio,
             "train_majority_fraction": t.train_majority_fraction,
+            "favoured_gap": t.favoured_gap,
         },
         fix=(
             f"Balance the classes: {knob(ev, _BALANCE, 'class_balance', 'weighted_loss')}; "
@@ -166,6 +178,17 @@ def class_imbalance(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | N
     )
 
 
+def _favoured_gap(ev: RunEvidence, t: Thresholds) -> float | None:
+    """Val accuracy minus val balanced accuracy over the last epochs (``None``: not recorded)."""
+    accuracy = ev.values(S.VAL_ACCURACY.name)
+    balanced = ev.values(S.VAL_BALANCED_ACCURACY.name)
+    if accuracy is None or balanced is None or len(accuracy) != len(balanced):
+        return None
+    window = slice(-t.window_epochs, None)
+    gap = np.nanmean(accuracy[window] - balanced[window])
+    return float(gap) if np.isfinite(gap) else None
+
+
 @rule(
     LABEL_NOISE,
     family="data",
@@ -173,7 +196,9 @@ def class_imbalance(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | N
     precedence=2,
     thresholds=("chance_margin", "min_improvement", "flat_noise_sigmas", "val_loss_learned"),
     signals=(S.TRAIN_ACCURACY, S.VAL_ACCURACY, S.MAJORITY_FRACTION, S.MAJORITY_BASELINE),
-    defers_to=_OPTIMIZATION,
+    # Val features that differ from the train features also keep what is learned from carrying
+    # over: that input shift is named first.
+    defers_to=(*_OPTIMIZATION, "normalization_mismatch"),
 )
 def label_noise(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     """The model memorises its training labels (train accuracy rises well above chance) while

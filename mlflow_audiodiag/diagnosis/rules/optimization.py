@@ -172,6 +172,8 @@ def _loss_blowup(ev: RunEvidence, t: Thresholds) -> float | None:
         "loss_blowup_ratio",
         "loss_learning_ratio",
         "update_ratio_high",
+        "loss_rise_ratio",
+        "dead_ratio",
     ),
     signals=(S.GRAD_NORM_TOTAL, S.CLIP_MAX_NORM, S.TRAIN_LOSS, S.STEP_LOSS, S.UPDATE_RATIO),
 )
@@ -215,10 +217,12 @@ def exploding_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding
     early_ratio = _early_fastest_ratio(ev, t)
     # Too-large first updates name the LR, unless the norms then grew by an order of magnitude
     # or stay huge: gradients that feed on themselves are exploding, whatever started it.
+    first_steps = _early_blowup(ev, t)
+    killed = first_steps is not None and bool(first_steps["died"])  # later "growth" is noise
     lr_from_start = (
         early_ratio is not None
         and early_ratio >= t.update_ratio_high
-        and not (by_growth or by_level)
+        and (killed or not (by_growth or by_level))
     )
     learning_through = (
         not blowup
@@ -354,7 +358,8 @@ def lr_too_high(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     if not ratios and blowup is None and epoch_losses is None:
         raise MissingSignal(S.UPDATE_RATIO.name)
     grads = step_values(ev, S.GRAD_NORM_TOTAL.name)
-    grew = grads is not None and grad_growth(grads[:, 1]) >= t.growth_ratio
+    killed = blowup is not None and bool(blowup["died"])
+    grew = not killed and grads is not None and grad_growth(grads[:, 1]) >= t.growth_ratio
     normal_start = early_ratio is not None and early_ratio < t.update_ratio_high
     if normal_start and grew:
         return None  # updates were fine until the gradients grew: exploding gradients
@@ -377,9 +382,15 @@ def lr_too_high(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     if rise is not None:
         evidence["train_loss_window_over_earlier_min"] = rise
         evidence["train_loss_upward_moves"] = oscillation
+    # An early blow-up is as strong as the loss's jump (a network it killed: full strength).
+    blown_strength = 0.0
+    if blown and blowup is not None:
+        blown_strength = 1.0 if blowup["died"] else log_ramp(
+            blowup["loss_rise"], t.loss_rise_ratio, 10 * t.loss_rise_ratio
+        )
     strength = max(
         log_ramp(max(ratio or 0, early_ratio or 0), t.update_ratio_high, 10 * t.update_ratio_high),
-        float(blown),
+        blown_strength,
         0.5 * ramp(rise or 0.0, t.loss_rise_ratio, 2 * t.loss_rise_ratio),
         0.5 * ramp(oscillation or 0.0, t.loss_oscillation, 3 * t.loss_oscillation),
     )
@@ -456,7 +467,8 @@ def _early_blowup(ev: RunEvidence, t: Thresholds) -> dict[str, float] | None:
         early_grads, recent_grads = phases(grads, t)
         peak, late = float(early_grads.max()), float(np.median(recent_grads))
         out["grad_norm_recent_over_early_peak"] = late / peak if peak > 0 else 1.0
-        no_learning = float(np.median(recent)) >= 0.9 * start
+        # Against the loss before any update: a blow-up in step 2 would inflate a median.
+        no_learning = float(np.median(recent)) >= 0.9 * min(start, float(losses[0]))
         out["died"] = float(peak > 0 and late <= t.dead_ratio * peak and no_learning)
     return out
 
