@@ -9,6 +9,7 @@ front-end, architecture and dataset and overall, and every miss with what the di
     python benchmarks/diagnosis_accuracy.py --subset fast            # a few minutes
     python benchmarks/diagnosis_accuracy.py --subset full --jobs 2   # the whole matrix
     python benchmarks/diagnosis_accuracy.py --only front_end=user --only scenario=lr_too_high
+    python benchmarks/diagnosis_accuracy.py --subset full --out DIR --resume --rediagnose
 
 Outputs in ``--out`` (default: a new temporary folder): ``mlflow.db`` and ``artifacts/``
 (the runs; with ``--write-back`` also their diagnosis), ``results/<run>.json``, ``logs/<run>.log``,
@@ -19,6 +20,7 @@ a run failed or timed out, 2 when ``--min-accuracy`` / ``--max-false-alarms`` ar
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -49,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--resume", action="store_true", help="reuse results found in --out")
     parser.add_argument(
+        "--rediagnose",
+        action="store_true",
+        help="with --resume: diagnose the reused runs again with the current rules (no training)",
+    )
+    parser.add_argument(
         "--write-back",
         action="store_true",
         help="write each diagnosis back to its run (tags, description, report; ~3 s a run)",
@@ -67,6 +74,20 @@ def _progress(result: dict, done: int, total: int) -> None:
         f"{result.get('primary_cause', result.get('error', ''))} ({result['seconds']:.0f} s)",
         flush=True,
     )
+
+
+def _rediagnosed(result: dict, out: Path, tracking_uri: str) -> dict:
+    """``result`` with its run diagnosed again by the current rules (its file updated)."""
+    if result.get("status") != "ok":
+        return result
+    import mlflow
+
+    from benchmarks.diagnosis_matrix.user_loop import diagnose
+
+    mlflow.set_tracking_uri(tracking_uri)
+    updated = {**result, **diagnose(result["run_id"], write=False)}
+    (out / "results" / f"{result['key']}.json").write_text(json.dumps(updated, indent=2))
+    return updated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         resume=args.resume,
     )
     results = run_all(specs, config, on_result=_progress)
+    if args.rediagnose:
+        results = [_rediagnosed(r, out, tracking_uri) for r in results]
     summary = report.summarize(results)
     summary["seconds"] = {
         "prepare": round(prepared - started, 1),

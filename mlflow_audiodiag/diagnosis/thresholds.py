@@ -152,6 +152,10 @@ class Thresholds:
     overfit_gap_growth: float = 0.05
     # Window-mean val loss / minimum val loss at or above this, train loss falling: overfit.
     val_loss_rise_ratio: float = 1.25
+    # Window-mean train accuracy at or above this: the model has fit its training data.
+    fitted_accuracy: float = 0.95
+    # A fitted model whose window-mean val accuracy stays this far below: memorised (overfit).
+    memorised_gap: float = 0.2
     # Train accuracy at most this above the chance level: it never left chance.
     chance_margin: float = 0.05
     # Window-mean train loss at or above this share of the first epoch's: far from fitted.

@@ -278,3 +278,17 @@ def test_a_blow_up_in_the_second_step_that_kills_the_network_is_lr_too_high() ->
     )  # fmt: skip
     result = diagnose(evidence(epochs(**STUCK, **{"train/accuracy": FLAT}), blown))
     assert result.primary_cause == rules.LR_TOO_HIGH
+
+
+def test_a_model_that_fits_its_training_data_far_above_val_is_overfitting() -> None:
+    """Train accuracy 1.0, val still creeping up at 0.5 with its loss falling: memorised."""
+    val = list(np.linspace(0.15, 0.5, EPOCHS))
+    fitted = epochs(
+        **{
+            "val/accuracy": val,
+            "train/accuracy": list(np.minimum(np.linspace(0.2, 1.3, EPOCHS), 1.0)),
+            "val/loss": list(np.linspace(2.3, 1.5, EPOCHS)),
+        }
+    )
+    result = diagnose(evidence(fitted))
+    assert result.primary_cause == rules.OVERFITTING

@@ -49,14 +49,22 @@ def _aligned(ev: RunEvidence, t: Thresholds) -> tuple[np.ndarray, np.ndarray, np
     family="generalization",
     title="Overfitting",
     precedence=0,
-    thresholds=("overfit_gap", "overfit_gap_growth", "val_loss_rise_ratio", "window_epochs"),
+    thresholds=(
+        "overfit_gap",
+        "overfit_gap_growth",
+        "val_loss_rise_ratio",
+        "window_epochs",
+        "fitted_accuracy",
+        "memorised_gap",
+    ),
     signals=(S.TRAIN_ACCURACY, S.VAL_ACCURACY, S.TRAIN_LOSS, S.VAL_LOSS),
     defers_to=_OPTIMIZATION + (LABEL_NOISE,),
 )
 def overfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     """Train accuracy pulls away from a val accuracy that learned and then stopped carrying
     over: the gap is large and growing while val accuracy falls from its best or val loss
-    rises with the train loss falling."""
+    rises with the train loss falling; or the model has fit its training data while val
+    accuracy stays far below (it memorises what does not generalize)."""
     _, train, val = _aligned(ev, t)
     val_learned, figures = learned(ev, t)
     if not val_learned:
@@ -78,7 +86,9 @@ def overfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     rising_loss = rise is not None and rise >= t.val_loss_rise_ratio
     if not (gap_late >= t.overfit_gap and growth >= t.overfit_gap_growth):
         return None
-    if not (falling_acc or rising_loss):
+    fitted = float(train[-k:].mean()) >= t.fitted_accuracy
+    memorised = fitted and gap_late >= t.memorised_gap
+    if not (falling_acc or rising_loss or memorised):
         return None
     evidence: dict[str, float | str] = {
         "train_accuracy_window": float(train[-k:].mean()),
@@ -99,6 +109,8 @@ def overfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
             "overfit_gap": t.overfit_gap,
             "overfit_gap_growth": t.overfit_gap_growth,
             "val_loss_rise_ratio": t.val_loss_rise_ratio,
+            "fitted_accuracy": t.fitted_accuracy,
+            "memorised_gap": t.memorised_gap,
         },
         fix=(
             "Augment the training audio (background noise, time shift, gain, time-stretch, "
