@@ -385,8 +385,10 @@ def lr_too_high(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     # An early blow-up is as strong as the loss's jump (a network it killed: full strength).
     blown_strength = 0.0
     if blown and blowup is not None:
-        blown_strength = 1.0 if blowup["died"] else log_ramp(
-            blowup["loss_rise"], t.loss_rise_ratio, 10 * t.loss_rise_ratio
+        blown_strength = (
+            1.0
+            if blowup["died"]
+            else log_ramp(blowup["loss_rise"], t.loss_rise_ratio, 10 * t.loss_rise_ratio)
         )
     strength = max(
         log_ramp(max(ratio or 0, early_ratio or 0), t.update_ratio_high, 10 * t.update_ratio_high),
