@@ -191,7 +191,7 @@ def _remaining_pages(search: Searcher, start: int) -> list[Run | RunView]:
 
 def diagnose_missing(client: MlflowClient, summaries: list[RunSummary]) -> list[RunSummary]:
     """Diagnoses (and writes back to) every run not diagnosed yet; the others unchanged."""
-    from mlflow_audiodiag.diagnosis.writeback import diagnose_run
+    from mlflow_audiodiag.reporting.writeback import diagnose_run
 
     out = []
     for summary in summaries:

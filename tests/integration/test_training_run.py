@@ -33,7 +33,11 @@ TINY = {
 }
 
 
-def test_training_run_logs_params_metrics_artifacts_and_a_loadable_model(tracking_uri) -> None:
+def test_training_run_logs_params_metrics_artifacts_and_a_loadable_model(
+    tracking_uri, monkeypatch
+) -> None:
+    # MLflow samples system metrics every 10 s by default; this run may be shorter than that.
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     result = train(TrainConfig.from_flat(TINY))
     client = MlflowClient()
     run = client.get_run(result.run_id)

@@ -343,6 +343,7 @@ def vanishing_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding
         "dead_ratio",
         "window_epochs",
         "growth_ratio",
+        "loss_learning_ratio",
     ),
     signals=(S.UPDATE_RATIO, S.STEP_LOSS, S.TRAIN_LOSS, S.GRAD_NORM_TOTAL, S.LR),
 )
@@ -405,6 +406,25 @@ def lr_too_high(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     else:
         reason = "the training loss " + ("rises" if by_rise else "oscillates")
     unstable = blown or strength >= 1.0 or ((by_ratio or by_early) and (by_rise or by_oscillation))
+    loss_ratio = _loss_blowup(ev, t)
+    if (
+        by_early
+        and not (by_ratio or blown or by_rise or by_oscillation)
+        and loss_ratio is not None
+        and loss_ratio <= t.loss_learning_ratio
+    ):
+        # Large first steps (an adaptive optimizer's usual start) that settle while the loss
+        # keeps falling well: a note, not a cause.
+        evidence["loss_recent_over_early"] = loss_ratio
+        return Finding(
+            code=LR_TOO_HIGH,
+            severity=Severity.INFO,
+            title=f"Large first updates ({early_ratio:.1e} of the weights per step) that settled",
+            evidence=evidence,
+            thresholds={"update_ratio_high": t.update_ratio_high},
+            fix=f"Warm the learning rate up over the first epochs; {lr_advice(ev, 0.5)} if not.",
+            score=score(min(strength, 0.5)),
+        )
     if grew:
         # Large first updates, then gradients that grew by an order of magnitude: the LR let
         # them explode; exploding gradients is the finding that names the whole pattern.
