@@ -160,7 +160,7 @@ def test_runs_table_run_page_and_report_show_the_diagnosis(
     report.get_by_text("Fix:").first.wait_for()
     body = report.locator("body").inner_text()
     assert "Primary cause" in body and STAGNANT in body
-    assert "Raise the learning rate" in body
+    assert "Raise the optimizer" in body and "learning rate" in body
     page.screenshot(path=str(screenshots / "report.png"))
 
     # The healthy run's page says so too.

@@ -8,7 +8,7 @@ import numpy as np
 from mlflow_audiodiag import signals as S
 from mlflow_audiodiag.diagnosis.evidence import RunEvidence
 from mlflow_audiodiag.diagnosis.findings import Finding, Severity
-from mlflow_audiodiag.diagnosis.rules.common import INFERRED_CAP, lr_advice, ramp, score
+from mlflow_audiodiag.diagnosis.rules.common import INFERRED_CAP, lr_advice, ramp, score, sentence
 from mlflow_audiodiag.diagnosis.rules.data import _OPTIMIZATION
 from mlflow_audiodiag.diagnosis.rules.registry import Context, MissingSignal, NotApplicable, rule
 from mlflow_audiodiag.diagnosis.thresholds import Thresholds
@@ -52,7 +52,7 @@ def attention_collapse(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding 
     if collapsed:
         title = "Attention collapsed onto single tokens in layer(s) " + ", ".join(collapsed)
         fix = (
-            f"{lr_advice(ev, 0.3).capitalize()} and warm it up, initialize the query/key "
+            f"{sentence(lr_advice(ev, 0.3))} and warm it up, initialize the query/key "
             "projections with a standard scale (no large init), keep dropout and use more "
             "heads; check that the inputs are standardized."
         )

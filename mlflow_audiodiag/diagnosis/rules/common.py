@@ -299,6 +299,15 @@ def clip_norm(ev: RunEvidence) -> float | None:
 # --- fix texts in the user's terms ----------------------------------------------------------------
 
 
+def sentence(text: str) -> str:
+    """``text`` with its first letter upper-cased and the rest kept (``-P`` flags stay upper).
+
+    >>> sentence("lower the LR (-P lr=0.1)")
+    'Lower the LR (-P lr=0.1)'
+    """
+    return text[:1].upper() + text[1:]
+
+
 def knob(ev: RunEvidence, words: str, flag: str | None = None, value: object = None) -> str:
     """``words``, with the bundled trainer's ``-P flag=value`` added for its runs only."""
     if ev.bundled and flag is not None:

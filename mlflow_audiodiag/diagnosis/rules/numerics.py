@@ -13,6 +13,7 @@ from mlflow_audiodiag.diagnosis.rules.common import (
     grad_growth,
     knob,
     lr_advice,
+    sentence,
 )
 from mlflow_audiodiag.diagnosis.rules.registry import Context, MissingSignal, rule
 from mlflow_audiodiag.diagnosis.thresholds import Thresholds
@@ -80,7 +81,7 @@ def non_finite(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
         evidence=evidence,
         thresholds={"nonfinite_count": t.nonfinite_count},
         fix=(
-            f"{lr_advice(ev, 0.1).capitalize()}, {clip_advice(ev)} and warm the learning rate "
+            f"{sentence(lr_advice(ev, 0.1))}, {clip_advice(ev)} and warm the learning rate "
             "up; check the inputs for NaN/inf (monitor/features.json: nan_count, inf_count) "
             "and take the log of power with a floor (dB features), never log(0)."
         ),

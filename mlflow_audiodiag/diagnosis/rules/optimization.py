@@ -24,6 +24,7 @@ from mlflow_audiodiag.diagnosis.rules.common import (
     require,
     score,
     segment,
+    sentence,
     step_values,
     train_loss,
     update_ratios,
@@ -264,7 +265,7 @@ def exploding_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding
             "loss_learning_ratio": t.loss_learning_ratio,
         },
         fix=(
-            f"{clip_advice(ev).capitalize()}, {lr_advice(ev, 0.3)} and warm it up; use "
+            f"{sentence(clip_advice(ev))}, {lr_advice(ev, 0.3)} and warm it up; use "
             "normalization layers (LayerNorm/BatchNorm) and a standard initialization; check "
             "for outlier inputs (monitor/features.json: max) and standardize them."
         ),
@@ -442,7 +443,7 @@ def lr_too_high(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
             "dead_ratio": t.dead_ratio,
         },
         fix=(
-            f"{lr_advice(ev, 0.1).capitalize()}; warm it up over the first epochs and decay "
+            f"{sentence(lr_advice(ev, 0.1))}; warm it up over the first epochs and decay "
             f"it (warmup + cosine, or ReduceLROnPlateau on the val loss), and {clip_advice(ev)}."
         ),
         score=score(strength),
@@ -548,7 +549,7 @@ def lr_too_low(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
             "loss_flat_change": t.loss_flat_change,
         },
         fix=(
-            f"{lr_advice(ev, 10.0).capitalize()}: per-step update/weight ratios around 1e-3 "
+            f"{sentence(lr_advice(ev, 10.0))}: per-step update/weight ratios around 1e-3 "
             "are typical. Make sure a schedule does not decay it too early ("
             + knob(
                 ev,
