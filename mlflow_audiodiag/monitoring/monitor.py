@@ -215,6 +215,7 @@ class TrainingMonitor:
     # -- set-up ------------------------------------------------------------------------------
     def _start_run_records(self, front_end: str) -> None:
         frozen = self.groups.frozen_fraction()
+        self._headline_logged: dict[str, float] = {}
         self._summary: dict[str, float] = {
             **{signals.FROZEN_FRACTION.key(group=g): v for g, v in frozen.items()},
             signals.TRAINABLE_PARAMETERS.name: float(self.groups.trainable_count()),
@@ -547,8 +548,12 @@ class TrainingMonitor:
         self._summary.update(self.data.summary())
         self.sink.write_json(SUMMARY, self._summary)
         headline = {k: self._summary[k] for k in HEADLINE_ONCE if k in self._summary}
-        headline = {k: v for k, v in headline.items() if np.isfinite(v)}
+        # Once-signals are one point each (summary.json holds the latest value).
+        headline = {
+            k: v for k, v in headline.items() if np.isfinite(v) and k not in self._headline_logged
+        }
         if headline:
+            self._headline_logged.update(headline)
             self.sink.log_many(headline, step=0)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:

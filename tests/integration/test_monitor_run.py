@@ -158,6 +158,9 @@ def test_watch_records_every_contract_signal_from_hooks_alone(tracking_uri, tmp_
     assert summary["features/input/train/n_clips"] == 96
     assert "feature_shift/input/val_vs_train_smd_max" in summary
     assert client.get_run(run_id).data.tags[schema.TAG_FRONT_END] == "watch"
+    for key in client.get_run(run_id).data.metrics:  # one point per step, once-signals once
+        history = [m.step for m in client.get_metric_history(run_id, key)]
+        assert len(history) == len(set(history)), (key, history)
 
 
 def test_negative_losses_and_invalid_soft_targets_are_recorded(tracking_uri, tmp_path) -> None:
