@@ -292,3 +292,25 @@ def test_a_model_that_fits_its_training_data_far_above_val_is_overfitting() -> N
     )
     result = diagnose(evidence(fitted))
     assert result.primary_cause == rules.OVERFITTING
+
+
+def test_large_first_updates_are_the_cause_when_val_never_learns_and_early_layers_die() -> None:
+    """A CNN at a far too high LR: the loss jumps in step 2 and falls back to chance, the
+    input-end layers' gradients die while the head still gets some; the early loss phase is
+    inflated by the jump, so the loss looks as if it fell."""
+    early = STEPS // 10
+    loss = list(
+        np.r_[4.1, 20.9, 11.3, np.linspace(6.8, 1.4, early - 3), np.full(STEPS - early, 1.39)]
+    )
+    dying = list(np.r_[np.geomspace(5.0, 1e-2, early), np.zeros(STEPS - early)])
+    ratios = list(np.geomspace(0.9, 1e-7, STEPS))
+    head = list(np.r_[np.full(early, 7.0), np.full(STEPS - early, 0.2)])
+    blown = steps(
+        **{"train/step_loss": loss, "grad_norm/total": head, "grad_norm/head": head},
+        **{f"grad_norm/{g}": dying for g in GROUPS[:-1]},
+        **{f"update_ratio/{g}": ratios for g in GROUPS},
+    )  # fmt: skip
+    result = diagnose(evidence(epochs(**STUCK, **{"train/accuracy": FLAT}), blown))
+    assert result.primary_cause == rules.LR_TOO_HIGH
+    assert result.finding(rules.LR_TOO_HIGH).severity is not Severity.INFO
+    assert result.finding(rules.VANISHING_GRADIENTS) is None

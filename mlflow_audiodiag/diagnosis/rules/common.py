@@ -4,6 +4,7 @@ the active-learning-rate window, and fix texts in the user's own terms."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -166,12 +167,23 @@ def lr_columns(ev: RunEvidence) -> list[str]:
     return [S.LR.key(param_group=g) for g in ev.groups(S.LR)]
 
 
-def step_lr(ev: RunEvidence) -> np.ndarray | None:
-    """``(step, largest param-group LR)`` rows, or ``None`` without recorded LRs."""
+def _largest_lr(ev: RunEvidence) -> np.ndarray | None:
+    """Per row of the step table, the largest param-group LR (NaN where none is recorded)."""
     columns = [ev.steps.columns[c] for c in lr_columns(ev) if c in ev.steps.columns]
     if not columns:
         return None
-    largest = np.nanmax(np.stack(columns), axis=0)
+    if len(columns) == 1:
+        return columns[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN
+        return np.nanmax(np.stack(columns), axis=0)
+
+
+def step_lr(ev: RunEvidence) -> np.ndarray | None:
+    """``(step, largest param-group LR)`` rows, or ``None`` without recorded LRs."""
+    largest = _largest_lr(ev)
+    if largest is None:
+        return None
     kept = np.isfinite(largest)
     return np.stack([ev.steps.index[kept], largest[kept]], axis=1) if kept.any() else None
 
@@ -188,10 +200,20 @@ def peak_lr(ev: RunEvidence) -> float | None:
 
 def active_steps(ev: RunEvidence, t: Thresholds) -> np.ndarray | None:
     """Steps at which the largest LR is at least ``lr_active_fraction`` of its peak."""
-    rows = step_lr(ev)
-    if rows is None or rows[:, 1].max() <= 0:
+    mask = _active_mask(ev, t)
+    return None if mask is None else ev.steps.index[mask]
+
+
+def _active_mask(ev: RunEvidence, t: Thresholds) -> np.ndarray | None:
+    """Rows of the step table at an active LR (see :func:`active_steps`), as a mask."""
+    largest = _largest_lr(ev)
+    if largest is None or not np.isfinite(largest).any():
         return None
-    return rows[rows[:, 1] >= t.lr_active_fraction * rows[:, 1].max(), 0]
+    peak = float(np.nanmax(largest))
+    if peak <= 0:
+        return None
+    with np.errstate(invalid="ignore"):
+        return largest >= t.lr_active_fraction * peak
 
 
 def active_epochs(ev: RunEvidence, t: Thresholds) -> np.ndarray | None:
@@ -229,16 +251,17 @@ def plateau_rows(ev: RunEvidence, signal: S.Signal, t: Thresholds) -> np.ndarray
 
 def step_values(ev: RunEvidence, name: str, active_only: bool = False, t: Thresholds | None = None):
     """Finite ``(step, value)`` rows of a step column (at an active LR when asked)."""
-    data = ev.steps.series(name)
-    if data is None:
+    values = ev.steps.columns.get(name)
+    if values is None:
         return None
-    rows = data[np.isfinite(data[:, 1])]
+    kept = np.isfinite(values)
     if active_only and t is not None:
-        active = active_steps(ev, t)
-        if active is not None:
-            kept = rows[np.isin(rows[:, 0], active)]
-            rows = kept if len(kept) else rows
-    return rows if len(rows) else None
+        active = _active_mask(ev, t)
+        if active is not None and (kept & active).any():
+            kept &= active
+    if not kept.any():
+        return None
+    return np.stack([ev.steps.index[kept], values[kept]], axis=1)
 
 
 def phases(values: np.ndarray, t: Thresholds) -> tuple[np.ndarray, np.ndarray]:

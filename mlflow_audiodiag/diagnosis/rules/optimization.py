@@ -16,6 +16,7 @@ from mlflow_audiodiag.diagnosis.rules.common import (
     grad_growth,
     is_frozen,
     knob,
+    learned,
     log_ramp,
     lr_advice,
     model_size,
@@ -413,9 +414,10 @@ def lr_too_high(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
         and not (by_ratio or blown or by_rise or by_oscillation)
         and loss_ratio is not None
         and loss_ratio <= t.loss_learning_ratio
+        and _val_learned(ev, t)
     ):
         # Large first steps (an adaptive optimizer's usual start) that settle while the loss
-        # keeps falling well: a note, not a cause.
+        # keeps falling well and val accuracy learns: a note, not a cause.
         evidence["loss_recent_over_early"] = loss_ratio
         return Finding(
             code=LR_TOO_HIGH,
@@ -448,6 +450,14 @@ def lr_too_high(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
         ),
         score=score(strength),
     )
+
+
+def _val_learned(ev: RunEvidence, t: Thresholds) -> bool:
+    """Whether val accuracy rose clearly above its baseline (unknown: assumed so)."""
+    try:
+        return learned(ev, t)[0]
+    except MissingSignal:
+        return True
 
 
 def _early_fastest_ratio(ev: RunEvidence, t: Thresholds) -> float | None:
