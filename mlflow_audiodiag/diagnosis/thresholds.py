@@ -51,7 +51,9 @@ class Thresholds:
     flat_slope: float = 0.002
     # Accuracy on n clips jitters by sqrt(p(1-p)/n) from sampling alone: flatness and learning
     # are judged against this many standard errors (the range and the rise over the baseline)
-    # and half as many standard errors of a least-squares slope through such noise.
+    # and half as many standard errors of a least-squares slope through such noise. A train
+    # loss that rises or wobbles by less than this many standard errors of an epoch's mean loss
+    # (from the spread of its step losses) moves by sampling noise, not by the LR.
     flat_noise_sigmas: float = 3.0
     # Share of window epochs with exactly the same val accuracy at or above which it is flat.
     repeat_fraction: float = 0.8

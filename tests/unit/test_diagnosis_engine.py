@@ -11,6 +11,7 @@ from test_diagnosis_rules import (
     GROUPS,
     STEPS,
     STUCK,
+    K,
     epochs,
     evidence,
     steps,
@@ -314,3 +315,41 @@ def test_large_first_updates_are_the_cause_when_val_never_learns_and_early_layer
     assert result.primary_cause == rules.LR_TOO_HIGH
     assert result.finding(rules.LR_TOO_HIGH).severity is not Severity.INFO
     assert result.finding(rules.VANISHING_GRADIENTS) is None
+
+
+def test_epoch_loss_wobble_within_its_sampling_noise_is_not_a_too_high_lr() -> None:
+    """A big model on 48 training clips (2 steps per epoch): it fits the training set while val
+    loss climbs; the epoch losses wobble by what two noisy batches give, not by the LR."""
+    n_epochs, per_epoch = 24, 2
+    train_loss = [2.22, 1.73, 1.14, 0.80, 0.71, 0.82, 1.16, 0.71, 0.72, 0.72, 0.63, 0.55,
+                  0.50, 0.54, 0.38, 0.36, 0.35, 0.37, 0.25, 0.56, 0.45, 0.47, 0.28,
+                  0.36]  # fmt: skip
+    rng = np.random.default_rng(3)
+    spread = np.array([0.15, -0.15])
+    step_loss = [v + d for v in train_loss for d in spread + 0.05 * rng.standard_normal(2)]
+    n_steps = n_epochs * per_epoch
+    ratios = list(np.geomspace(0.09, 0.02, n_steps))
+    step_table = {
+        "grad_norm/total": list(1.5 + 0.3 * rng.standard_normal(n_steps)),
+        "lr/0": [3e-3] * n_steps,
+        "train/step_loss": step_loss,
+        "nonfinite/loss": [0.0] * n_steps,
+        "nonfinite/grads": [0.0] * n_steps,
+        **{f"grad_norm/{g}": list(0.5 + 0.1 * rng.standard_normal(n_steps)) for g in GROUPS},
+        **{f"update_ratio/{g}": ratios for g in GROUPS},
+    }
+    train_acc = list(np.minimum(np.linspace(0.13, 0.9, n_epochs), 0.9))
+    epoch_table = {
+        "val/accuracy": [0.38, 0.5, 0.47, *([0.48] * (n_epochs - 3))],
+        "train/accuracy": train_acc,
+        "train/loss": train_loss,
+        "val/loss": list(np.r_[1.86, 1.32, np.linspace(1.06, 3.24, n_epochs - 2)]),
+        "val_pred/top_class_fraction": [0.2] * n_epochs,
+        "train/last_step": list(np.arange(1, n_epochs + 1) * per_epoch),
+    }
+    counts = {f"labels/train/count/c{i}": 12.0 for i in range(K)}
+    ev = evidence(epoch_table, step_table, summary(**{"labels/train/n": 48.0, **counts}))
+    result = diagnose(ev)
+    assert result.primary_cause == rules.OVERFITTING
+    too_high = result.finding(rules.LR_TOO_HIGH)
+    assert too_high is None or too_high.severity is Severity.INFO

@@ -346,8 +346,16 @@ def vanishing_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding
         "window_epochs",
         "growth_ratio",
         "loss_learning_ratio",
+        "flat_noise_sigmas",
     ),
-    signals=(S.UPDATE_RATIO, S.STEP_LOSS, S.TRAIN_LOSS, S.GRAD_NORM_TOTAL, S.LR),
+    signals=(
+        S.UPDATE_RATIO,
+        S.STEP_LOSS,
+        S.TRAIN_LOSS,
+        S.GRAD_NORM_TOTAL,
+        S.LR,
+        S.EPOCH_LAST_STEP,
+    ),
 )
 def lr_too_high(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     """Updates far above ~1e-2 of the weights per step; or an early blow-up (the loss jumps in
@@ -369,7 +377,7 @@ def lr_too_high(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     ratio = max(ratios.values()) if ratios else None
     by_ratio = ratio is not None and ratio >= t.update_ratio_high
     by_early = early_ratio is not None and early_ratio >= t.update_ratio_high
-    rise, oscillation = _epoch_loss_instability(epoch_losses, t)
+    rise, oscillation = _epoch_loss_instability(epoch_losses, t, _epoch_loss_noise(ev, t))
     by_rise = rise is not None and rise >= t.loss_rise_ratio
     by_oscillation = oscillation is not None and oscillation >= t.loss_oscillation
     blown = blowup is not None and (blowup["loss_rise"] >= t.loss_rise_ratio or blowup["died"])
@@ -507,10 +515,11 @@ def _early_blowup(ev: RunEvidence, t: Thresholds) -> dict[str, float] | None:
 
 
 def _epoch_loss_instability(
-    losses: np.ndarray | None, t: Thresholds
+    losses: np.ndarray | None, t: Thresholds, noise: float = 0.0
 ) -> tuple[float | None, float | None]:
     """Window-median train loss over the lowest loss before the window, and the sum of the
-    window's upward moves over the first loss."""
+    window's upward moves over the first loss. Moves within ``flat_noise_sigmas`` standard
+    errors ``noise`` of an epoch's mean loss are sampling noise and do not count."""
     if losses is None:
         return None, None
     losses = finite(losses)
@@ -518,9 +527,33 @@ def _epoch_loss_instability(
         return None, None
     window = losses[-t.window_epochs :]
     before = losses[: -t.window_epochs] if len(losses) > t.window_epochs else losses[:1]
-    rise = float(np.median(window) / before.min())
-    upward = np.clip(np.diff(losses[-t.window_epochs - 1 :]), 0.0, None).sum()
+    margin = t.flat_noise_sigmas * noise
+    excess = float(np.median(window) - before.min())
+    rise = float(np.median(window) / before.min()) if excess >= margin else 1.0
+    moves = np.diff(losses[-t.window_epochs - 1 :])
+    upward = np.clip(moves - margin * np.sqrt(2.0), 0.0, None).sum()
     return rise, float(upward / losses[0])
+
+
+def _epoch_loss_noise(ev: RunEvidence, t: Thresholds) -> float:
+    """Standard error of an epoch's mean training loss over the window's epochs: the spread
+    of the step losses within an epoch over the root of the steps per epoch (0 when the step
+    losses or epoch ends are not recorded)."""
+    ends = ev.values(S.EPOCH_LAST_STEP.name)
+    rows = step_values(ev, S.STEP_LOSS.name)
+    if ends is None or rows is None or len(ends) < 2:
+        return 0.0
+    ends = ends[-t.window_epochs - 1 :]
+    epoch_of = np.searchsorted(ends, rows[:, 0], side="left")  # 0: before the window
+    spreads, counts = [], []
+    for epoch in range(1, len(ends)):
+        values = rows[epoch_of == epoch, 1]
+        if len(values) >= 2:
+            spreads.append(float(np.var(values, ddof=1)))
+            counts.append(len(values))
+    if not spreads:
+        return 0.0
+    return float(np.sqrt(np.mean(spreads) / np.median(counts)))
 
 
 @rule(
