@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 import torchaudio
 from matplotlib.figure import Figure
+from mlflow.exceptions import MlflowException
 
 import mlflow_audiodiag
 from mlflow_audiodiag import schema
@@ -49,7 +50,25 @@ def log_dataset_input(table: pd.DataFrame, source: str) -> None:
             name=folder.name or "audio clips",
             targets="label",
         )
-    mlflow.log_input(dataset, context="training")
+    for attempt in range(_DATASET_ATTEMPTS):
+        try:
+            mlflow.log_input(dataset, context="training")
+            return
+        except MlflowException as error:
+            if not _is_concurrent_insert(error) or attempt == _DATASET_ATTEMPTS - 1:
+                raise
+            # another run of this experiment registered the same dataset at the same moment
+            # (a SQL store checks, then inserts); on the next try the store finds it and links it
+            time.sleep(0.2 * (attempt + 1))
+
+
+_DATASET_ATTEMPTS = 4
+
+
+def _is_concurrent_insert(error: Exception) -> bool:
+    """True for a store's unique-key conflict (two runs inserting one dataset at once)."""
+    text = str(error).lower()
+    return "unique" in text and ("constraint" in text or "violation" in text)
 
 
 def log_dataset_summary(
