@@ -48,6 +48,11 @@ def _exploding(p: Pattern, chance: float) -> tuple[bool, str]:
     return grew or _nonfinite(p, chance)[0], "gradient norms grow 10-100x or overflow"
 
 
+def _no_growth(p: Pattern, chance: float) -> tuple[bool, str]:
+    grew = _get(p, "grad_norm_late") >= 10 * _get(p, "grad_norm_early")
+    return not grew, "gradient norms do not grow 10x from the first to the last quarter"
+
+
 def _no_movement(p: Pattern, chance: float) -> tuple[bool, str]:
     return _get(p, "val_best") - _get(p, "val_first") <= 0.02, "val accuracy never moves"
 
@@ -77,6 +82,7 @@ CHECKS: dict[str, Check] = {
     "lr_too_low": _flat,
     "lr_too_high": lambda p, c: (_get(p, "val_last") <= c + 0.15, "val wrecked near chance"),
     "non_finite": _nonfinite,
+    "lr_too_high_sgd": _no_growth,
     "exploding_gradients": _exploding,
     "vanishing_gradients": _at_chance,
     "no_weight_updates": _no_movement,

@@ -158,8 +158,8 @@ def summary_table(summary: dict) -> str:
     for grouping in GROUPINGS:
         entries += [(f"{grouping}={k}", v) for k, v in summary[grouping].items()]
     for name, s in entries:
-        accuracy = "-" if s["cause_accuracy"] is None else f"{s['cause_accuracy']:.0%}"
-        rate = "-" if s["false_alarm_rate"] is None else f"{s['false_alarm_rate']:.0%}"
+        accuracy = "-" if s["cause_accuracy"] is None else f"{s['cause_accuracy']:.1%}"
+        rate = "-" if s["false_alarm_rate"] is None else f"{s['false_alarm_rate']:.1%}"
         lines.append(
             f"{name:<28}{s['runs']:>6}{s['errors']:>7}{s['faulty']:>8}{s['cause_correct']:>8}"
             f"{accuracy:>9}{s['healthy']:>8}{s['false_alarms']:>7}{rate:>7}"

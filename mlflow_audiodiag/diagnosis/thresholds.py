@@ -162,6 +162,9 @@ class Thresholds:
     chance_margin: float = 0.05
     # Window-mean train loss at or above this share of the first epoch's: far from fitted.
     underfit_loss_fraction: float = 0.5
+    # Fewer trainable parameters than this per training clip: a small model for its data (the
+    # evidence that tells "too small to fit" from "the data is hard" when both level off).
+    underfit_params_per_clip: float = 10.0
 
     # --- attention ---
     # Window-median normalized attention entropy of a layer at or below this: collapsed.

@@ -85,6 +85,11 @@ def test_fault_checks_read_the_logged_pattern() -> None:
     moving = {**flat, "val_best": 0.6}
     assert fault_check({"scenario": "lr_too_low", "pattern": moving})[0] is False
     assert fault_check({"scenario": "lr_too_low"})[0] is None
+    spiky = {"grad_norm_early": 6.0, "grad_norm_late": 4.0, "grad_norm_max": 1e3}
+    assert fault_check({"scenario": "lr_too_high_sgd", "pattern": spiky})[0] is True
+    grown = {**spiky, "grad_norm_late": 300.0}
+    assert fault_check({"scenario": "lr_too_high_sgd", "pattern": grown})[0] is False
+    assert fault_check({"scenario": "exploding_gradients", "pattern": grown})[0] is True
 
 
 def test_words_clips_are_deterministic_and_in_range() -> None:

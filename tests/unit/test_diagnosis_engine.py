@@ -232,6 +232,28 @@ def test_a_model_too_small_to_fit_is_underfitting_and_one_at_its_limit_is_health
     assert diagnose(evidence(at_limit)).verdict == "healthy"
 
 
+
+def test_a_level_plateau_far_from_a_fit_is_underfitting_only_for_a_small_model() -> None:
+    """Train and val level off together, the training loss not even halved: with few
+    parameters per training clip the model is too small; with many, the data is hard."""
+    val = list(np.minimum(0.3 + 0.03 * np.arange(EPOCHS), 0.45))
+    plateau = epochs(
+        **{
+            "val/accuracy": val,
+            "train/accuracy": [v + 0.01 for v in val],
+            "train/loss": [1.39, 1.2, 1.05, 0.95, *[0.9] * (EPOCHS - 4)],  # 65 % of its start
+            "val/loss": [1.38, 1.2, 1.05, 0.95, *[0.92] * (EPOCHS - 4)],
+        }
+    )
+    counted = {"model/trainable_parameters": 1_200.0}  # 3 per training clip
+    small = diagnose(evidence(plateau, summary_values=summary(**counted)))
+    assert (small.verdict, small.primary_cause) == ("stagnant", rules.UNDERFITTING)
+    finding = small.finding(rules.UNDERFITTING)
+    assert finding.evidence["parameters_per_training_clip"] == 3.0
+    normal = summary(**{"model/trainable_parameters": 40_000.0})
+    assert diagnose(evidence(plateau, summary_values=normal)).verdict == "healthy"
+    assert diagnose(evidence(plateau)).verdict == "healthy"  # size not recorded: no claim
+
 IMBALANCED = summary(
     **{"labels/train/imbalance_ratio": 20.0, "labels/train/majority_fraction": 0.5}
 )

@@ -133,21 +133,31 @@ def overfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
         "val_loss_improving",
         "overfit_gap",
         "underfit_loss_fraction",
+        "underfit_params_per_clip",
         "lr_active_fraction",
     ),
-    signals=(S.TRAIN_ACCURACY, S.VAL_ACCURACY, S.TRAIN_LOSS, S.MAJORITY_FRACTION),
+    signals=(
+        S.TRAIN_ACCURACY,
+        S.VAL_ACCURACY,
+        S.TRAIN_LOSS,
+        S.MAJORITY_FRACTION,
+        S.TRAINABLE_PARAMETERS,
+        S.LABEL_N,
+    ),
     defers_to=_OPTIMIZATION + (LABEL_NOISE,),
 )
 def underfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     """The model cannot fit its training data although the optimization is healthy: train
-    accuracy never leaves chance (too much regularization), or it fits so slowly that
+    accuracy never leaves chance (too much regularization); or it fits so slowly that
     accuracy stays flat, level with val and far from a perfect fit, while the training loss
-    only creeps down (too small a model)."""
+    only creeps down; or a model with few parameters per training clip ends the run level
+    with val, far from a fit, its training loss not even halved (too small a model)."""
     epochs, train, val = _aligned(ev, t)
     chance = train_chance(ev)
     never = chance is not None and float(train.max()) <= chance + t.chance_margin
     stalled = _slow_fit(ev, t, epochs, train, val)
-    if not (never or stalled):
+    small = None if (never or stalled) else _small_model(ev, t, train, val)
+    if not (never or stalled or small):
         return None
     k = min(t.window_epochs, len(train))
     evidence: dict[str, float | str] = {
@@ -159,6 +169,8 @@ def underfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None
         evidence["train_chance"] = chance
     if stalled:
         evidence["train_loss_fall_per_epoch"] = stalled
+    if small:
+        evidence.update(small)
     size = model_size(ev)
     if never:
         title = (
@@ -166,6 +178,14 @@ def underfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None
             f"{chance:.3f}) although the weights are updated normally"
         )
         strength = ramp(chance + t.chance_margin - float(train.max()), 0.0, t.chance_margin)
+    elif small:
+        title = (
+            f"Underfitting: a small model ({small['parameters_per_training_clip']:.1f} "
+            f"parameters per training clip) ends level with val at train accuracy "
+            f"{float(train[-k:].mean()):.2f}, its training loss still at "
+            f"{small['train_loss_window_over_first']:.0%} of its start"
+        )
+        strength = ramp(1.0 - float(train[-k:].mean()), t.overfit_gap, 0.5)
     else:
         title = (
             f"Underfitting: train accuracy stays at {float(train[-k:].mean()):.2f}, level with "
@@ -177,7 +197,12 @@ def underfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None
         severity=Severity.CRITICAL if never else Severity.WARNING,
         title=title,
         evidence=evidence,
-        thresholds={"chance_margin": t.chance_margin, "val_loss_improving": t.val_loss_improving},
+        thresholds={
+            "chance_margin": t.chance_margin,
+            "val_loss_improving": t.val_loss_improving,
+            "underfit_loss_fraction": t.underfit_loss_fraction,
+            "underfit_params_per_clip": t.underfit_params_per_clip,
+        },
         fix=(
             "Lighten the regularization (dropout, weight decay, heavy augmentation or mixup) "
             "and give the model more capacity"
@@ -186,6 +211,35 @@ def underfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None
         ),
         score=score(strength, INFERRED_CAP),
     )
+
+
+def _small_model(
+    ev: RunEvidence, t: Thresholds, train: np.ndarray, val: np.ndarray
+) -> dict[str, float] | None:
+    """The figures of a model too small for its data: fewer than
+    ``underfit_params_per_clip`` trainable parameters per training clip, train accuracy at
+    the end level with val and away from a perfect fit, and a training loss that fell but
+    stays above ``underfit_loss_fraction`` of its start. ``None`` otherwise (or unrecorded)."""
+    params = ev.latest(S.TRAINABLE_PARAMETERS.name)
+    clips = ev.latest(S.LABEL_N.key(split="train"))
+    losses = ev.values(S.TRAIN_LOSS.name)
+    if not params or not clips or losses is None:
+        return None
+    per_clip = float(params) / float(clips)
+    losses = finite(losses)
+    if per_clip >= t.underfit_params_per_clip or len(losses) < 2 or losses[0] <= 0:
+        return None
+    late = float(losses[-t.window_epochs :].mean())
+    if not t.underfit_loss_fraction * float(losses[0]) <= late < float(losses[0]):
+        return None
+    k = min(t.window_epochs, len(train))
+    train_late, val_late = float(train[-k:].mean()), float(val[-k:].mean())
+    if 1.0 - train_late < t.overfit_gap or abs(train_late - val_late) >= t.overfit_gap / 2:
+        return None
+    return {
+        "parameters_per_training_clip": per_clip,
+        "train_loss_window_over_first": late / float(losses[0]),
+    }
 
 
 def _slow_fit(
