@@ -232,7 +232,6 @@ def test_a_model_too_small_to_fit_is_underfitting_and_one_at_its_limit_is_health
     assert diagnose(evidence(at_limit)).verdict == "healthy"
 
 
-
 def test_a_level_plateau_far_from_a_fit_is_underfitting_only_for_a_small_model() -> None:
     """Train and val level off together, the training loss not even halved: with few
     parameters per training clip the model is too small; with many, the data is hard."""
@@ -253,6 +252,7 @@ def test_a_level_plateau_far_from_a_fit_is_underfitting_only_for_a_small_model()
     normal = summary(**{"model/trainable_parameters": 40_000.0})
     assert diagnose(evidence(plateau, summary_values=normal)).verdict == "healthy"
     assert diagnose(evidence(plateau)).verdict == "healthy"  # size not recorded: no claim
+
 
 IMBALANCED = summary(
     **{"labels/train/imbalance_ratio": 20.0, "labels/train/majority_fraction": 0.5}
