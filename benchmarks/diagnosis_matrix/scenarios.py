@@ -98,8 +98,8 @@ SCENARIOS: dict[str, Scenario] = {
             # The first updates move 25-40 % of the GRU's weights per step and its gradient
             # norms do not grow (x0.4-x1.2 from the first to the last tenth at LR 0.3, 1 and
             # 5, measured); the bundled transformer at SGD 0.5 moves ~14 % per step and its
-            # norms fall. Set up as an exploding-gradients case before; what it makes is a
-            # learning rate too high. ReLU/batch-norm CNNs and MLPs die or overflow at once.
+            # norms fall: what this makes is a learning rate too high, not exploding
+            # gradients. ReLU/batch-norm CNNs and MLPs die or overflow at once.
             archs=("gru",),
             zoo="lr_too_high",
             zoo_options={"optimizer": "sgd", "lr": 0.5, "grad_clip": 0.0, "epochs": 30},
