@@ -113,6 +113,13 @@ UPDATE_RATIO = Signal(
     BY_STEP,
     "||W_after - W_before|| / ||W_before|| of one parameter group in the step",
 )
+WEIGHT_NORM = Signal(
+    "weight_norm/{group}",
+    STEP,
+    "L2 norm",
+    BY_STEP + "; on the steps whose update is measured",
+    "norm of one parameter group's weights before the step",
+)
 LR = Signal(
     "lr/{param_group}",
     STEP,

@@ -66,6 +66,10 @@ def _underfit(p: Pattern, chance: float) -> tuple[bool, str]:
     return low and _get(p, "val_best") >= chance + 0.05, "train accuracy low, above chance"
 
 
+def _held_below_fit(p: Pattern, chance: float) -> tuple[bool, str]:
+    return _get(p, "train_acc_last") < 0.9, "train accuracy held below 0.9"
+
+
 def _attention(p: Pattern, chance: float) -> tuple[bool, str]:
     return _get(p, "attention_entropy_min", 1.0) <= 0.1, "attention entropy of a layer <= 0.1"
 
@@ -93,6 +97,7 @@ CHECKS: dict[str, Check] = {
     "label_noise": _at_chance,
     "overfitting": _train_above_val,
     "underfitting": _underfit,
+    "weight_decay_too_high": _held_below_fit,
     "attention_collapse": _attention,
     "invalid_targets": _negative_loss,
 }

@@ -10,24 +10,10 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks.diagnosis_matrix.checks import fault_check
+from mlflow_audiodiag.diagnosis.rules import CAUSE_PRECEDENCE
 
-CAUSES = (
-    "lr_too_low",
-    "lr_too_high",
-    "non_finite",
-    "exploding_gradients",
-    "vanishing_gradients",
-    "no_weight_updates",
-    "unnormalized_features",
-    "normalization_mismatch",
-    "class_imbalance",
-    "majority_class_collapse",
-    "label_noise",
-    "overfitting",
-    "underfitting",
-    "attention_collapse",
-    "invalid_targets",
-)
+# Every cause the diagnosis can name, in the engine's order.
+CAUSES = CAUSE_PRECEDENCE
 SHORT = {
     "none": "-",
     "lr_too_low": "LRL",
@@ -45,6 +31,7 @@ SHORT = {
     "underfitting": "UND",
     "attention_collapse": "ATT",
     "invalid_targets": "INV",
+    "weight_decay_too_high": "WDH",
     "error": "ERR",
 }
 VERDICTS = ("healthy", "stagnant", "inconclusive", "diverged")

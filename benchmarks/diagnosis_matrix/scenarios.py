@@ -186,6 +186,16 @@ SCENARIOS: dict[str, Scenario] = {
             zoo="underfitting",
         ),
         Scenario(
+            "weight_decay_too_high",
+            "weight_decay_too_high",
+            "weight decay 1.0 (meant 1e-4) through Adam's L2 term",
+            {"weight_decay": 1.0, "epochs": 16},
+            # Batch- and layer-norm make a network's layers scale-invariant, so the CNN and the
+            # transformer need more decay before their weights fade (at 1.0 both learn on).
+            per_arch={"cnn": {"weight_decay": 10.0}, "transformer": {"weight_decay": 10.0}},
+            zoo="weight_decay_too_high",
+        ),
+        Scenario(
             "attention_collapse",
             "attention_collapse",
             "attention query/key weights initialised 30x too large",

@@ -75,7 +75,7 @@ def _apply_deference(context: Context, by_code: dict[str, Rule]) -> None:
         finding = context.found.get(code)
         if declared is None or finding is None or not declared.defers_to:
             continue
-        upstream = [c for c in context.fired(*declared.defers_to) if c != code]
+        upstream = context.fired(*declared.upstream(by_code.values()))
         if not upstream:
             continue
         if declared.deference == "suppress":

@@ -28,6 +28,7 @@ _FRACTIONS = (
     "overfit_gap_growth",
     "chance_margin",
     "underfit_loss_fraction",
+    "weight_shrink",
     "attention_entropy_low",
     "attention_entropy_high",
 )
@@ -137,6 +138,9 @@ class Thresholds:
     update_ratio_high: float = 5e-2
     # Median update/weight ratio of a group at or below this: the group is not updated.
     update_ratio_zero: float = 1e-8
+    # A trainable layer whose recent weight norm is at most this share of its initial norm has
+    # faded (decay outweighs the gradient; normal steps leave layers near their start or above).
+    weight_shrink: float = 0.5
     # Relative drop of the train loss from its start to its minimum below this: loss flat.
     loss_flat_change: float = 0.05
     # Training loss at or above this multiple of its first value (early steps, or the window

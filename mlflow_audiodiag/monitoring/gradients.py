@@ -26,8 +26,8 @@ class StepBlock:
     """Signals of consecutive optimizer steps as columns (NaN where a step has no value).
 
     ``first_step`` counts the tracker's ``after_step`` calls from 0; the columns are named by
-    the evidence contract: ``grad_norm/<group>``, ``grad_norm/total``, ``nonfinite/grads`` and
-    ``update_ratio/<group>``.
+    the evidence contract: ``grad_norm/<group>``, ``grad_norm/total``, ``nonfinite/grads``,
+    ``update_ratio/<group>`` and ``weight_norm/<group>``.
     """
 
     first_step: int
@@ -186,12 +186,14 @@ class GradientTracker:
         has_updates = np.array([flag for chunk in chunks for flag in chunk.has_updates])
         columns = self._columns(rows)
         for name, values in columns.items():
-            present = has_updates if name.startswith(signals.UPDATE_RATIO.prefix) else has_grads
+            by_update = name.startswith((signals.UPDATE_RATIO.prefix, signals.WEIGHT_NORM.prefix))
+            present = has_updates if by_update else has_grads
             values[~present] = np.nan
         return StepBlock(chunks[0].first_step, columns)
 
     def _columns(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Group norms, total, non-finite count and update ratios of rows ``[steps, columns]``."""
+        """Group norms, total, non-finite count, update ratios and weight norms of rows
+        ``[steps, columns]``."""
         n_params = len(self._params)
         squares = np.square(rows[:, :n_params])
         out: dict[str, np.ndarray] = {}
@@ -209,6 +211,7 @@ class GradientTracker:
             ratios = updates / np.maximum(weights, EPS)
         for i, name in enumerate(self.group_names):
             out[signals.UPDATE_RATIO.key(group=name)] = ratios[:, i]
+            out[signals.WEIGHT_NORM.key(group=name)] = weights[:, i]
         return out
 
     def _slice_norms(self, buffer: int) -> list[torch.Tensor]:

@@ -712,7 +712,8 @@ def _log10_of_max(block: pd.DataFrame, columns: list[str]) -> np.ndarray:
     if not columns:
         return np.full(len(block), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"), contextlib.suppress(ValueError):
-        largest = np.nanmax(block[columns].to_numpy(dtype=np.float64), axis=1)
+        # fmax skips NaN like nanmax, and leaves a row without any value NaN, silently.
+        largest = np.fmax.reduce(block[columns].to_numpy(dtype=np.float64), axis=1)
         return np.where(largest > 0, np.log10(largest), np.nan)
     return np.full(len(block), np.nan)
 

@@ -23,6 +23,7 @@ CAPTIONS: dict[str, str] = {
     "training_curves": "Loss and accuracy per epoch (plateau shaded)",
     "update_ratios": "Update / weight ratio per parameter group and step (log axis)",
     "gradient_norms": "Gradient norm per parameter group and step (log axis)",
+    "weight_norms": "Weight norm per parameter group and step (log axis)",
     "learning_rate": "Learning rate per parameter group",
     "histograms": "Labels per split and validation predictions per class",
     "features": "Feature statistics and train-vs-split shift",

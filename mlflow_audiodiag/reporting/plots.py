@@ -28,6 +28,7 @@ FILES: dict[str, str] = {
     "training_curves": "training_curves.png",
     "update_ratios": "update_ratios.png",
     "gradient_norms": "gradient_norms.png",
+    "weight_norms": "weight_norms.png",
     "learning_rate": "learning_rate.png",
     "histograms": "histograms.png",
     "features": "features.png",
@@ -156,6 +157,18 @@ def gradient_norms(evidence: RunEvidence) -> Figure | None:
     )
 
 
+def weight_norms(evidence: RunEvidence) -> Figure | None:
+    """Weight norm per group and step (log axis): flat or slowly growing when healthy, falling
+    toward zero when weight decay outweighs the gradient."""
+    return _group_lines(
+        evidence,
+        S.WEIGHT_NORM,
+        "Weight norm per parameter group (input end dark, output end light)",
+        "||W||",
+        {},
+    )
+
+
 def lr_curve(evidence: RunEvidence) -> Figure | None:
     """Every param group's learning rate per step, on a log axis when all are positive."""
     names = evidence.groups(S.LR)
@@ -280,6 +293,7 @@ def save_all(
         "training_curves": training_curves(evidence, diagnosis),
         "update_ratios": update_ratios(evidence),
         "gradient_norms": gradient_norms(evidence),
+        "weight_norms": weight_norms(evidence),
         "learning_rate": lr_curve(evidence),
         "histograms": label_and_prediction_histograms(evidence),
         "features": feature_statistics(evidence),

@@ -126,6 +126,12 @@ SCENARIOS: dict[str, Scenario] = {
             {**_HARD, **_LONG, "dim": 8, "heads": 1, "layers": 1, "patch_frames": 20},
         ),
         Scenario(
+            codes.WEIGHT_DECAY_TOO_HIGH,
+            codes.WEIGHT_DECAY_TOO_HIGH,
+            "SGD with weight decay 1.0 (meant 1e-4): the decay outweighs the gradient",
+            {"optimizer": "sgd", "lr": 0.05, "weight_decay": 1.0, **_LONG},
+        ),
+        Scenario(
             codes.INVALID_TARGETS,
             codes.INVALID_TARGETS,
             "mixup with a weight of 1.5 (outside [0, 1]): the mixed targets are no distribution",

@@ -254,6 +254,31 @@ def test_a_level_plateau_far_from_a_fit_is_underfitting_only_for_a_small_model()
     assert diagnose(evidence(plateau)).verdict == "healthy"  # size not recorded: no claim
 
 
+def test_weights_decayed_to_zero_are_weight_decay_not_a_too_high_lr() -> None:
+    """Weights near zero make every update large next to them; what sets them there is the
+    decay, named as the only cause. The same huge updates with
+    weights that grow, or with a loss the LR makes rise, are a learning rate too high; a decay
+    the model fits through is fine."""
+    stuck = epochs(**STUCK, **{"train/accuracy": FLAT, "train/loss": [1.386] * EPOCHS})
+    huge = {f"update_ratio/{g}": [0.3] * STEPS for g in GROUPS}
+    fading = {f"weight_norm/{g}": list(np.geomspace(10.0, 0.01, STEPS)) for g in GROUPS}
+    decayed = diagnose(evidence(stuck, steps(**huge, **fading)))
+    assert (decayed.verdict, decayed.primary_cause) == ("stagnant", rules.WEIGHT_DECAY_TOO_HIGH)
+    assert _causes(decayed) == [rules.WEIGHT_DECAY_TOO_HIGH, rules.STAGNANT_VALIDATION]
+    growing = {f"weight_norm/{g}": list(np.geomspace(10.0, 100.0, STEPS)) for g in GROUPS}
+    too_high = diagnose(evidence(stuck, steps(**huge, **growing)))
+    assert too_high.primary_cause == rules.LR_TOO_HIGH
+    assert too_high.finding(rules.WEIGHT_DECAY_TOO_HIGH) is None
+    val = list(np.minimum(0.3 + 0.1 * np.arange(EPOCHS), 0.93))
+    fitted = epochs(**{"val/accuracy": val, "train/accuracy": [v + 0.03 for v in val]})
+    rising = epochs(**STUCK, **{"train/accuracy": FLAT, "train/loss": [1.4] * 6 + [2.2] * 6})
+    blown_up = diagnose(evidence(rising, steps(**huge, **fading)))
+    assert blown_up.primary_cause == rules.LR_TOO_HIGH  # decay scales with the LR: fix it first
+    assert blown_up.finding(rules.WEIGHT_DECAY_TOO_HIGH) is None
+    fits = diagnose(evidence(fitted, steps(**fading)))
+    assert fits.finding(rules.WEIGHT_DECAY_TOO_HIGH) is None and fits.verdict == "healthy"
+
+
 IMBALANCED = summary(
     **{"labels/train/imbalance_ratio": 20.0, "labels/train/majority_fraction": 0.5}
 )

@@ -36,6 +36,7 @@ def steps(**overrides: list[float]) -> dict[str, list[float]]:
     for group in GROUPS:
         out[f"grad_norm/{group}"] = list(1.0 + 0.1 * rng.standard_normal(STEPS))
         out[f"update_ratio/{group}"] = [2e-3] * STEPS
+        out[f"weight_norm/{group}"] = list(np.linspace(10.0, 11.0, STEPS))
     out.update(overrides)
     return out
 
@@ -120,6 +121,13 @@ CASES: dict[str, RunEvidence] = {
         epochs(**STUCK, **{"train/accuracy": FLAT, "train/loss": [1.386] * EPOCHS}),
         steps(**{f"update_ratio/{g}": [1e-6] * STEPS for g in GROUPS}),
     ),
+    rules.WEIGHT_DECAY_TOO_HIGH: evidence(
+        epochs(**STUCK, **{"train/accuracy": FLAT, "train/loss": [1.386] * EPOCHS}),
+        steps(
+            **{f"weight_norm/{g}": list(np.geomspace(10.0, 0.01, STEPS)) for g in GROUPS},
+            **{f"update_ratio/{g}": [0.3] * STEPS for g in GROUPS},
+        ),
+    ),
     rules.UNNORMALIZED_FEATURES: evidence(
         summary_values=summary(**{"features/input/train/mean": -40.0})
     ),
@@ -203,6 +211,19 @@ def test_fix_texts_name_the_bundled_flags_for_bundled_runs_only(code: str) -> No
     for ev in (case, bundled):
         finding = rules.REGISTRY[code](ev, T)
         assert ("-P " in finding.fix) <= ev.bundled
+
+
+def test_every_deference_names_a_registered_code_or_a_family() -> None:
+    for rule in rules.RULES:
+        for name in rule.defers_to:
+            assert name in rules.REGISTRY or name in rules.FAMILIES, (rule.code, name)
+
+
+def test_deferring_to_a_family_covers_rules_added_to_it_later() -> None:
+    added = dataclasses.replace(rules.REGISTRY[rules.LR_TOO_LOW], code="my_optimizer_check")
+    upstream = rules.REGISTRY[rules.UNDERFITTING].upstream([*rules.RULES, added])
+    assert "my_optimizer_check" in upstream and rules.LR_TOO_HIGH in upstream
+    assert rules.UNDERFITTING not in upstream and rules.OVERFITTING not in upstream
 
 
 def test_every_threshold_is_declared_by_a_rule_and_every_declaration_exists() -> None:

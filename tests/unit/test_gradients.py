@@ -62,7 +62,7 @@ def test_group_norms_and_total_norm_before_clipping() -> None:
     assert record.metrics["nonfinite/grads"] == 0.0
 
 
-def test_update_ratio_matches_an_explicit_computation() -> None:
+def test_update_ratio_and_weight_norm_match_an_explicit_computation() -> None:
     model = _model()
     groups = ParameterGroups.default(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -80,6 +80,8 @@ def test_update_ratio_matches_an_explicit_computation() -> None:
         ratio = (torch.linalg.vector_norm(new - old) / torch.linalg.vector_norm(old)).item()
         assert ratio > 0
         assert record.metrics[f"update_ratio/{name}"] == pytest.approx(ratio, rel=1e-4)
+        weight = torch.linalg.vector_norm(old).item()  # the weights before the step
+        assert record.metrics[f"weight_norm/{name}"] == pytest.approx(weight, rel=1e-5)
 
 
 def _group_ratio(groups: ParameterGroups, name: str, before: dict, after: dict) -> float:
@@ -223,6 +225,7 @@ def test_model_without_trainable_parameters() -> None:
         "grad_norm/total": 0.0,
         "nonfinite/grads": 0.0,
         "update_ratio/linear.0": 0.0,
+        "weight_norm/linear.0": 0.0,
     }
 
 

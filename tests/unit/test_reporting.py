@@ -63,6 +63,7 @@ def stagnant_run() -> RunEvidence:
     for i, group in enumerate(GROUPS):
         steps[f"grad_norm/{group}"] = list(np.geomspace(10.0 ** -(4 - i), 1.0, STEPS))
         steps[f"update_ratio/{group}"] = [1e-6] * STEPS
+        steps[f"weight_norm/{group}"] = [10.0 + i] * STEPS
     return RunEvidence.from_values(
         epochs={
             "val/accuracy": [0.4] * EPOCHS,
@@ -142,6 +143,7 @@ def test_missing_signals_give_fewer_figures_without_errors(tmp_path: Path) -> No
     assert plots.training_curves(empty, None) is None
     assert plots.gradient_norms(empty) is None
     assert plots.update_ratios(empty) is None
+    assert plots.weight_norms(empty) is None
     assert plots.lr_curve(empty) is None
     assert plots.label_and_prediction_histograms(empty) is None
     assert plots.feature_statistics(empty) is None
@@ -153,7 +155,8 @@ def test_missing_signals_give_fewer_figures_without_errors(tmp_path: Path) -> No
 
 
 def test_step_plots_use_log_axes_and_forward_order(run: tuple[RunEvidence, Diagnosis]) -> None:
-    for figure in (plots.update_ratios(run[0]), plots.gradient_norms(run[0])):
+    step_plots = (plots.update_ratios, plots.gradient_norms, plots.weight_norms)
+    for figure in (plot(run[0]) for plot in step_plots):
         ax = figure.axes[0]
         assert ax.get_yscale() == "log"
         labels = [

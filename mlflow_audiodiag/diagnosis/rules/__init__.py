@@ -35,6 +35,7 @@ from mlflow_audiodiag.diagnosis.rules.optimization import (
     LR_TOO_LOW,
     NO_WEIGHT_UPDATES,
     VANISHING_GRADIENTS,
+    WEIGHT_DECAY_TOO_HIGH,
 )
 from mlflow_audiodiag.diagnosis.rules.registry import (
     FAMILIES,
@@ -77,6 +78,7 @@ __all__ = [
     "UNDERFITTING",
     "UNNORMALIZED_FEATURES",
     "VANISHING_GRADIENTS",
+    "WEIGHT_DECAY_TOO_HIGH",
     "Context",
     "MissingSignal",
     "NotApplicable",
@@ -90,6 +92,8 @@ def docs_table() -> str:
     rows = ["| finding | family | what it detects | defers to |", "|---|---|---|---|"]
     for r in RULES:
         doc = " ".join((r.check.__doc__ or "").split())
-        defers = ", ".join(f"`{c}`" for c in r.defers_to) or "-"
+        defers = (
+            ", ".join(f"every {c} cause" if c in FAMILIES else f"`{c}`" for c in r.defers_to) or "-"
+        )
         rows.append(f"| `{r.code}` | {r.family} | {doc} | {defers} |")
     return "\n".join(rows)

@@ -312,6 +312,26 @@ def update_ratios(ev: RunEvidence, t: Thresholds, trainable_only: bool) -> dict[
     return out
 
 
+def weight_shrink(ev: RunEvidence, t: Thresholds) -> float | None:
+    """How far the most-faded trainable layer's weights shrank: the smallest, over groups, of
+    the recent phase's median weight norm / the first recorded norm (the initial weights);
+    ``None`` when unrecorded. Steps that only move the weights leave every layer near its
+    initial norm or above; weight decay that outweighs the gradient pulls layers to zero.
+
+    >>> # a run whose head ends at a twentieth of its initial norm: weight_shrink(...) == 0.05
+    """
+    shrinks = []
+    for group in ev.groups(S.WEIGHT_NORM):
+        if is_frozen(ev, group, t):
+            continue
+        rows = step_values(ev, S.WEIGHT_NORM.key(group=group))
+        if rows is None or len(rows) < 6 or rows[0, 1] <= 0:
+            continue
+        recent = phases(rows[:, 1], t)[1]
+        shrinks.append(float(np.median(recent)) / float(rows[0, 1]))
+    return min(shrinks) if shrinks else None
+
+
 def clip_norm(ev: RunEvidence) -> float | None:
     """The gradient-clipping threshold in force (median over the steps that record it)."""
     values = ev.values(S.CLIP_MAX_NORM.name)

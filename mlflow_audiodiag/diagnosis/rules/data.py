@@ -26,21 +26,10 @@ CLASS_IMBALANCE = "class_imbalance"
 MAJORITY_CLASS_COLLAPSE = "majority_class_collapse"
 LABEL_NOISE = "label_noise"
 
-_OPTIMIZATION = (
-    "non_finite",
-    "invalid_targets",
-    "no_weight_updates",
-    "exploding_gradients",
-    "vanishing_gradients",
-    "lr_too_high",
-    "lr_too_low",
-)
+# Broken numerics and a failing optimization wreck every downstream signal.
+_OPTIMIZATION = ("numerics", "optimization")
 
-_UPSTREAM_OF_COLLAPSE = (
-    *_OPTIMIZATION,
-    "unnormalized_features",
-    "normalization_mismatch",
-)
+_UPSTREAM_OF_COLLAPSE = (*_OPTIMIZATION, "input")
 
 _BALANCE = (
     "weight the loss inversely to class frequency (CrossEntropyLoss(weight=...)) or draw "

@@ -1,6 +1,7 @@
 """Optimization: weights that do not move, gradients that explode or vanish, learning rates
-too high or too low. Judged per parameter group in forward order and in phases of the run
-(the early steps, windows, the recent steps), for any architecture."""
+too high or too low, weight decay that outweighs the gradient. Judged per parameter group in
+forward order and in phases of the run (the early steps, windows, the recent steps), for any
+architecture."""
 
 from __future__ import annotations
 
@@ -23,12 +24,15 @@ from mlflow_audiodiag.diagnosis.rules.common import (
     phases,
     ramp,
     require,
+    require_epochs,
     score,
     segment,
     sentence,
     step_values,
+    train_chance,
     train_loss,
     update_ratios,
+    weight_shrink,
 )
 from mlflow_audiodiag.diagnosis.rules.registry import Context, MissingSignal, rule
 from mlflow_audiodiag.diagnosis.thresholds import Thresholds
@@ -38,6 +42,7 @@ EXPLODING_GRADIENTS = "exploding_gradients"
 VANISHING_GRADIENTS = "vanishing_gradients"
 LR_TOO_HIGH = "lr_too_high"
 LR_TOO_LOW = "lr_too_low"
+WEIGHT_DECAY_TOO_HIGH = "weight_decay_too_high"
 
 
 def _group_grad_medians(ev: RunEvidence, t: Thresholds) -> dict[str, float]:
@@ -66,7 +71,7 @@ def _group_grad_medians(ev: RunEvidence, t: Thresholds) -> dict[str, float]:
         S.TRAIN_BATCHES,
         S.EPOCH_LAST_STEP,
     ),
-    defers_to=("non_finite", LR_TOO_HIGH),
+    defers_to=("non_finite", LR_TOO_HIGH, WEIGHT_DECAY_TOO_HIGH),
 )
 def no_weight_updates(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     """Parameter groups are frozen, or receive gradients but their weights do not change (the
@@ -281,7 +286,7 @@ def exploding_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding
     precedence=2,
     thresholds=("vanishing_ratio", "vanishing_norm", "recent_fraction", "frozen_fraction"),
     signals=(S.GRAD_NORM, S.FROZEN_FRACTION),
-    defers_to=("non_finite", LR_TOO_HIGH),
+    defers_to=("non_finite", LR_TOO_HIGH, WEIGHT_DECAY_TOO_HIGH),
 )
 def vanishing_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     """The input-end group's recent gradient norm is orders of magnitude below the output
@@ -347,6 +352,7 @@ def vanishing_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding
         "growth_ratio",
         "loss_learning_ratio",
         "flat_noise_sigmas",
+        "weight_shrink",
     ),
     signals=(
         S.UPDATE_RATIO,
@@ -355,13 +361,15 @@ def vanishing_gradients(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding
         S.GRAD_NORM_TOTAL,
         S.LR,
         S.EPOCH_LAST_STEP,
+        S.WEIGHT_NORM,
     ),
 )
 def lr_too_high(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     """Updates far above ~1e-2 of the weights per step; or an early blow-up (the loss jumps in
     the first steps, after which the gradients die); or a training loss that rises or
     oscillates from epoch to epoch. Updates of a normal size at first that grow with growing
-    gradients are exploding gradients instead."""
+    gradients are exploding gradients instead; updates large only next to weights that faded
+    (the loss steady) are weight decay's."""
     ratios = update_ratios(ev, t, trainable_only=True)
     early_ratio = _early_fastest_ratio(ev, t)
     blowup = _early_blowup(ev, t)
@@ -383,6 +391,13 @@ def lr_too_high(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
     blown = blowup is not None and (blowup["loss_rise"] >= t.loss_rise_ratio or blowup["died"])
     if not (by_ratio or by_early or blown or by_rise or by_oscillation):
         return None
+    shrink = weight_shrink(ev, t)
+    if (
+        shrink is not None
+        and shrink <= t.weight_shrink
+        and not (blown or by_rise or by_oscillation)
+    ):
+        return None  # updates large only next to weights that faded: weight decay's picture
     evidence: dict[str, float | str] = {}
     if ratio is not None:
         evidence["update_ratio_fastest_group"] = ratio
@@ -603,4 +618,60 @@ def lr_too_low(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
             + ")."
         ),
         score=score(log_ramp(ratio, t.update_ratio_low, t.update_ratio_low / 100)),
+    )
+
+
+@rule(
+    WEIGHT_DECAY_TOO_HIGH,
+    family="optimization",
+    title="Weight decay too strong",
+    precedence=5,
+    thresholds=("weight_shrink", "overfit_gap", "chance_margin", "window_epochs"),
+    signals=(S.WEIGHT_NORM, S.TRAIN_ACCURACY, S.MAJORITY_FRACTION),
+    # Decay scales with the learning rate: when the LR also blows the loss up or makes it
+    # rise and oscillate, the LR is the cause to fix first (and lowering it cuts the decay).
+    defers_to=(LR_TOO_HIGH,),
+)
+def weight_decay_too_high(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None:
+    """A layer's weights fade to ``weight_shrink`` of their initial norm or less while train
+    accuracy stays far from a fit: the decay outweighs the gradient and holds the model back
+    (critical when train accuracy stays near chance). Updates look huge next to weights near
+    zero; that is not a learning rate too high, under which the weights grow."""
+    shrink = weight_shrink(ev, t)
+    if shrink is None:
+        raise MissingSignal(S.WEIGHT_NORM.name)
+    train = require_epochs(ev, S.TRAIN_ACCURACY, t)
+    chance = train_chance(ev)
+    if chance is None:
+        raise MissingSignal(S.MAJORITY_FRACTION.key(split="train"))
+    k = min(t.window_epochs, len(train))
+    train_late = float(np.mean(train[-k:]))
+    if shrink > t.weight_shrink or 1.0 - train_late < t.overfit_gap:
+        return None
+    at_chance = train_late <= chance + 2 * t.chance_margin
+    return Finding(
+        code=WEIGHT_DECAY_TOO_HIGH,
+        severity=Severity.CRITICAL if at_chance else Severity.WARNING,
+        title=(
+            f"Weight decay too strong: a layer's weights fade to {shrink:.1%} of their initial "
+            f"norm while train accuracy stays at {train_late:.3f}"
+            + (f", near chance ({chance:.3f})" if at_chance else ", far from a fit")
+        ),
+        evidence={
+            "weight_norm_recent_over_initial": shrink,
+            "train_accuracy_window": train_late,
+            "train_chance": chance,
+        },
+        thresholds={
+            "weight_shrink": t.weight_shrink,
+            "overfit_gap": t.overfit_gap,
+            "chance_margin": t.chance_margin,
+        },
+        fix=(
+            "Lower the weight decay: "
+            + knob(ev, "typical values are 1e-4 to 1e-2", "weight_decay", 0.01)
+            + ". With Adam, weight_decay is an L2 term that the step size does not scale; "
+            "use AdamW for decoupled decay, and exclude biases and norm layers from it."
+        ),
+        score=score(log_ramp(shrink, t.weight_shrink, t.weight_shrink / 100)),
     )

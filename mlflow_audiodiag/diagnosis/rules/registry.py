@@ -13,7 +13,7 @@ are derived from here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -73,11 +73,12 @@ Check = Callable[[RunEvidence, Thresholds, Context], Finding | None]
 class Rule:
     """One finding code's check and what it declares about itself.
 
-    ``defers_to``: causes that explain this finding better; when one of them fired (warning
-    or worse) the engine drops this finding (``deference="suppress"``) or caps its score and
-    lowers it to info (``"cap"``). ``plateau_cause``: when the finding fires on a run whose
-    validation learned and then went flat, it makes that plateau a problem (stagnant) rather
-    than convergence. ``symptom``: it describes the problem, not a cause.
+    ``defers_to``: causes that explain this finding better, by code or by family (a family
+    name stands for every rule of that family, those added later included); when one of them
+    fired (warning or worse) the engine drops this finding (``deference="suppress"``) or
+    caps its score and lowers it to info (``"cap"``). ``plateau_cause``: when the finding
+    fires on a run whose validation learned and then went flat, it makes that plateau a
+    problem (stagnant) rather than convergence. ``symptom``: it describes the problem, not a cause.
     """
 
     code: str
@@ -96,6 +97,18 @@ class Rule:
         self, evidence: RunEvidence, thresholds: Thresholds, context: Context | None = None
     ) -> Finding | None:
         return self.check(evidence, thresholds, context or Context())
+
+    def upstream(self, rules: Iterable[Rule]) -> tuple[str, ...]:
+        """The codes this rule defers to among ``rules``, families expanded (itself left out).
+
+        >>> from mlflow_audiodiag.diagnosis.rules import RULES, REGISTRY
+        >>> "lr_too_high" in REGISTRY["underfitting"].upstream(RULES)
+        True
+        """
+        named = set(self.defers_to)
+        return tuple(
+            r.code for r in rules if r.code != self.code and (r.code in named or r.family in named)
+        )
 
 
 REGISTRY: dict[str, Rule] = {}
