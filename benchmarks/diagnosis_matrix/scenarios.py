@@ -107,13 +107,14 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "exploding_gradients",
             "exploding_gradients",
-            "SGD (momentum 0.9) at LR 0.5 on a transformer, no gradient clipping",
+            "SGD (momentum 0.9) at LR 0.5 on a post-norm transformer, no gradient clipping",
             {"optimizer": "sgd"},
             per_arch={"transformer": {"lr": 0.5}},
-            # The user-written transformer's norms grow by orders of magnitude (to ~3e6, then
-            # NaN); see lr_too_high_sgd for the set-ups whose norms do not grow. The bundled
-            # trainer has no set-up whose norms grow (the zoo's case is a known miss).
+            # Post-norm layers (torch's default layout, the bundled model's norm_position
+            # "post"): the norms grow by orders of magnitude (to ~1e6-1e8, then NaN). See
+            # lr_too_high_sgd for the set-ups whose norms do not grow (pre-norm among them).
             archs=("transformer",),
+            zoo="exploding_gradients",
         ),
         Scenario(
             "vanishing_gradients",

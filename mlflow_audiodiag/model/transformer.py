@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -16,7 +17,9 @@ class ModelConfig:
 
     ``patch_bins`` x ``patch_frames`` is the patch size. ``patch_bins=0`` means full-height
     patches (all bins of ``patch_frames`` frames form one token), which is cheap and suits short
-    clips; a positive value tiles the spectrogram in both axes as in AST.
+    clips; a positive value tiles the spectrogram in both axes as in AST. ``norm_position``:
+    each encoder layer normalizes its input (``"pre"``, stable at high learning rates) or its
+    residual sum (``"post"``, the original transformer's layout, which needs warmup and care).
     """
 
     dim: int = 96
@@ -26,6 +29,7 @@ class ModelConfig:
     dropout: float = 0.1
     patch_bins: int = 0
     patch_frames: int = 4
+    norm_position: Literal["pre", "post"] = "pre"
 
     def __post_init__(self) -> None:
         if self.dim <= 0 or self.layers <= 0 or self.heads <= 0:
@@ -36,6 +40,8 @@ class ModelConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.patch_frames <= 0 or self.patch_bins < 0:
             raise ConfigError("patch_frames must be positive and patch_bins >= 0")
+        if self.norm_position not in ("pre", "post"):
+            raise ConfigError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
 
 
 class PatchEmbedding(nn.Module):
@@ -63,7 +69,7 @@ class PatchEmbedding(nn.Module):
 
 
 class AudioTransformer(nn.Module):
-    """Patch embedding, learned positional embedding, CLS token, pre-norm encoder, linear head.
+    """Patch embedding, learned positional embedding, CLS token, encoder, final norm, linear head.
 
     Input: normalized features ``[B, n_bins, n_frames]``; output: logits ``[B, n_classes]``.
     """
@@ -86,7 +92,7 @@ class AudioTransformer(nn.Module):
             dropout=config.dropout,
             activation="gelu",
             batch_first=True,
-            norm_first=True,
+            norm_first=config.norm_position == "pre",
         )
         self.encoder = nn.TransformerEncoder(
             layer, num_layers=config.layers, enable_nested_tensor=False

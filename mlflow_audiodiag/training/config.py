@@ -263,6 +263,7 @@ OPTION_HELP: dict[str, str] = {
     "dropout": "dropout rate",
     "patch_bins": "patch height in mel bins (0: full-height patches)",
     "patch_frames": "patch width in frames",
+    "norm_position": "layer norm before each encoder block (pre) or after its residual (post)",
     "optimizer": "the optimizer",
     "lr": "peak learning rate",
     "weight_decay": "weight decay",

@@ -61,8 +61,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             codes.EXPLODING_GRADIENTS,
             codes.EXPLODING_GRADIENTS,
-            "SGD at learning rate 0.5 with no gradient clipping, 30 epochs",
-            {"optimizer": "sgd", "lr": 0.5, "grad_clip": 0.0, **_LONG},
+            "post-norm encoder layers (the original layout) trained by SGD at learning rate 0.5 "
+            "without gradient clipping",
+            {"norm_position": "post", "optimizer": "sgd", "lr": 0.5, "grad_clip": 0.0},
         ),
         Scenario(
             codes.VANISHING_GRADIENTS,
@@ -122,8 +123,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             codes.UNDERFITTING,
             codes.UNDERFITTING,
-            "a 1-layer, 8-wide transformer over 20-frame patches on a hard task",
-            {**_HARD, **_LONG, "dim": 8, "heads": 1, "layers": 1, "patch_frames": 20},
+            "a 1-layer, 4-wide transformer (about 4 parameters per training clip) on a hard task",
+            {**_HARD, **_LONG, "dim": 4, "heads": 1, "layers": 1},
         ),
         Scenario(
             codes.WEIGHT_DECAY_TOO_HIGH,

@@ -24,27 +24,7 @@ def test_there_is_one_scenario_per_cause_plus_healthy() -> None:
         scenario_options("lr_to_high")
 
 
-# Known misses of the current rules on the bundled set-up, kept visible (strict: a fix that
-# makes one pass must remove it here):
-KNOWN_MISSES = {
-    # SGD at LR 0.5 wrecks the weights in the first steps (updates ~14 % of the weights per
-    # step, loss x1.6 by step 25) and the gradient norms then fall: named lr_too_high.
-    "exploding_gradients": "set-up shows a too-high LR, not growing gradients",
-    # The 8-wide model levels off at val ~0.6 with nothing that tells "too small" from
-    # "converged" in its evidence: called healthy.
-    "underfitting": "a small model that levels off looks converged",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_MISSES[n], strict=True))
-        if n in KNOWN_MISSES
-        else n
-        for n in SCENARIOS
-    ],
-)
+@pytest.mark.parametrize("name", list(SCENARIOS))
 def test_scenario_is_diagnosed_with_its_cause(name: str, tracking_uri: str) -> None:
     result = run_scenario(name)
     run = MlflowClient().get_run(result.run_id)

@@ -11,7 +11,11 @@ from mlflow_audiodiag.model.transformer import AudioTransformer, ModelConfig
 
 @pytest.mark.parametrize(
     "config",
-    [ModelConfig(), ModelConfig(patch_bins=16, patch_frames=10, layers=1, dim=32, heads=2)],
+    [
+        ModelConfig(),
+        ModelConfig(patch_bins=16, patch_frames=10, layers=1, dim=32, heads=2),
+        ModelConfig(norm_position="post", layers=2, dim=32, heads=2),
+    ],
 )
 def test_forward_backward_reaches_every_parameter(config: ModelConfig) -> None:
     torch.manual_seed(0)
@@ -48,6 +52,14 @@ def test_bad_configs_name_the_problem() -> None:
         AudioTransformer(16, 8, 2, ModelConfig(patch_frames=10))
     with pytest.raises(ConfigError, match="at least 2 classes"):
         AudioTransformer(16, 40, 1, ModelConfig())
+    with pytest.raises(ConfigError, match="norm_position must be 'pre' or 'post'"):
+        ModelConfig(norm_position="middle")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("position", "norm_first"), [("pre", True), ("post", False)])
+def test_norm_position_sets_each_encoder_layer(position: str, norm_first: bool) -> None:
+    model = AudioTransformer(16, 40, 2, ModelConfig(dim=32, heads=2, norm_position=position))
+    assert all(layer.norm_first is norm_first for layer in model.encoder.layers)
 
 
 def test_waveform_classifier_applies_the_training_pipeline() -> None:
