@@ -254,6 +254,25 @@ def test_a_level_plateau_far_from_a_fit_is_underfitting_only_for_a_small_model()
     assert diagnose(evidence(plateau)).verdict == "healthy"  # size not recorded: no claim
 
 
+def test_a_small_model_held_below_its_val_accuracy_is_underfitting_but_one_above_it_is_not() -> (
+    None
+):
+    """Dropout and augmentation keep a small model's train accuracy below its eval-mode val
+    accuracy; a small model that fits its own clips clearly better than val's has a gap, not
+    too little capacity."""
+    val = list(np.minimum(0.3 + 0.03 * np.arange(EPOCHS), 0.45))
+    loss = {
+        "train/loss": [1.39, 1.2, 1.05, 0.95, *[0.9] * (EPOCHS - 4)],
+        "val/loss": [1.38, 1.2, 1.05, 0.95, *[0.92] * (EPOCHS - 4)],
+    }
+    small = summary(**{"model/trainable_parameters": 1_200.0})
+    below = epochs(**{"val/accuracy": val, "train/accuracy": [v - 0.1 for v in val], **loss})
+    result = diagnose(evidence(below, summary_values=small))
+    assert result.primary_cause == rules.UNDERFITTING
+    above = epochs(**{"val/accuracy": val, "train/accuracy": [v + 0.1 for v in val], **loss})
+    assert diagnose(evidence(above, summary_values=small)).finding(rules.UNDERFITTING) is None
+
+
 def test_weights_decayed_to_zero_are_weight_decay_not_a_too_high_lr() -> None:
     """Weights near zero make every update large next to them; what sets them there is the
     decay, named as the only cause. The same huge updates with

@@ -150,8 +150,9 @@ def underfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None
     """The model cannot fit its training data although the optimization is healthy: train
     accuracy never leaves chance (too much regularization); or it fits so slowly that
     accuracy stays flat, level with val and far from a perfect fit, while the training loss
-    only creeps down; or a model with few parameters per training clip ends the run level
-    with val, far from a fit, its training loss not even halved (too small a model)."""
+    only creeps down; or a model with few parameters per training clip ends the run fitting
+    its training clips no better than val's, far from a fit, its training loss not even
+    halved (too small a model)."""
     epochs, train, val = _aligned(ev, t)
     chance = train_chance(ev)
     never = chance is not None and float(train.max()) <= chance + t.chance_margin
@@ -181,8 +182,9 @@ def underfitting(ev: RunEvidence, t: Thresholds, ctx: Context) -> Finding | None
     elif small:
         title = (
             f"Underfitting: a small model ({small['parameters_per_training_clip']:.1f} "
-            f"parameters per training clip) ends level with val at train accuracy "
-            f"{float(train[-k:].mean()):.2f}, its training loss still at "
+            f"parameters per training clip) ends at train accuracy "
+            f"{float(train[-k:].mean()):.2f} (val {float(val[-k:].mean()):.2f}), its training "
+            "loss still at "
             f"{small['train_loss_window_over_first']:.0%} of its start"
         )
         strength = ramp(1.0 - float(train[-k:].mean()), t.overfit_gap, 0.5)
