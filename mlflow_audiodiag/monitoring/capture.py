@@ -192,7 +192,8 @@ class ModelTaps:
         self._pending.logits.append(logits.detach())
         slot = len(self._pending.grads)
         self._pending.grads.append(None)
-        if self.derive_from_gradient and logits.requires_grad:
+        # The gradient is read only while no loss is known (see take_step).
+        if self.derive_from_gradient and logits.requires_grad and not self.explicit_loss:
             logits.register_hook(self._grad_keeper(slot))
 
     def _grad_keeper(self, slot: int) -> Callable[[torch.Tensor], None]:

@@ -54,13 +54,15 @@ class Downsampler:
 
     def update(self, block: pd.DataFrame) -> list[tuple[int, dict[str, float]]]:
         """Adds consecutive step rows; returns the points of every window they complete."""
-        values = {name: self._values(block, source) for name, source in self.series.items()}
-        steps = block["step"].to_numpy()
+        values = {
+            name: self._values(block, source).tolist() for name, source in self.series.items()
+        }
+        steps = block["step"].to_numpy().tolist()
         out = []
         for row in range(len(block)):
             for name, column in values.items():
                 value = column[row]
-                if np.isfinite(value):
+                if math.isfinite(value):
                     self._sums[name] += value
                     self._counts[name] += 1
                     if name in self._max:
@@ -94,7 +96,7 @@ class Downsampler:
             if self._counts[name]
         }
         for name, value in self._max.items():
-            if np.isfinite(value):
+            if math.isfinite(value):
                 metrics[f"{name}_max"] = value
         self._sums = dict.fromkeys(self.series, 0.0)
         self._counts = dict.fromkeys(self.series, 0)

@@ -639,10 +639,13 @@ class TrainingMonitor:
             return
         n = min(len(block), len(pending))
         pending = pending[:n]
-        frame = pd.DataFrame({"step": [p["step"] for p in pending]})
-        for name, values in block.columns.items():
-            frame[name] = values[:n]
-        frame = pd.concat([frame, self._step_columns(pending)], axis=1)
+        frame = pd.DataFrame(
+            {
+                "step": np.array([p["step"] for p in pending]),
+                **{name: values[:n] for name, values in block.columns.items()},
+                **self._step_columns(pending),
+            }
+        )
         self._nonfinite[signals.NONFINITE_GRADS.name] += float(
             np.nansum(frame[signals.NONFINITE_GRADS.name])
         )
@@ -656,7 +659,7 @@ class TrainingMonitor:
             self.sink.log_many(metrics, step=step)
         self.sink.log_many(dict(self._nonfinite), step=int(frame["step"].iloc[-1]))
 
-    def _step_columns(self, pending: list[dict[str, Any]]) -> pd.DataFrame:
+    def _step_columns(self, pending: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         """Loss, accuracy, targets, learning rates and clipping of the pending steps."""
         n = len(pending)
         losses = _host([p["loss"] for p in pending])
@@ -679,8 +682,10 @@ class TrainingMonitor:
             signals.CLIP_MAX_NORM.name: self._clip_column(pending),
         }
         columns[signals.NONFINITE_LOSS.name] = columns[signals.NONFINITE_LOSS.name].astype(float)
-        lrs = pd.DataFrame([p["lrs"] for p in pending])
-        return pd.concat([pd.DataFrame(columns), lrs], axis=1)
+        names = dict.fromkeys(name for p in pending for name in p["lrs"])
+        for name in names:
+            columns[name] = np.array([p["lrs"].get(name, np.nan) for p in pending], dtype=float)
+        return columns
 
     def _clip_column(self, pending: list[dict[str, Any]]) -> np.ndarray:
         values = np.array(

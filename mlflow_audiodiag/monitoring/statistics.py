@@ -142,20 +142,19 @@ class FeatureStatsAccumulator:
 
     def update(self, batch: ArrayLike) -> None:
         """Adds one batch ``[batch, bins, frames]``."""
+        if isinstance(batch, torch.Tensor) and batch.dim() == 3 and batch.numel():
+            values = batch.detach()
+            if values.dtype not in (torch.float32, torch.float64):
+                values = values.float()
+            if math.isfinite(values.sum()):  # NaN or inf anywhere makes the sum non-finite
+                self._update_finite(values)
+                return
         values = _as_numpy(batch)
         if values.ndim != 3:
             raise ValueError(
                 f"feature batch has shape {values.shape}; expected [batch, bins, frames]"
             )
-        n_bins = values.shape[1]
-        if self._mean is None:
-            self._count = np.zeros(n_bins)
-            self._mean = np.zeros(n_bins)
-            self._m2 = np.zeros(n_bins)
-            self._min = np.full(n_bins, np.inf)
-            self._max = np.full(n_bins, -np.inf)
-        elif n_bins != len(self._mean):
-            raise ValueError(f"feature batch has {n_bins} bins, earlier batches {len(self._mean)}")
+        self._check_bins(values.shape[1])
         finite = np.isfinite(values)
         nan = np.isnan(values)
         self._nan += int(nan.sum())
@@ -174,6 +173,36 @@ class FeatureStatsAccumulator:
         if self.silent_below is not None and values.shape[0]:
             clip_max = np.where(finite, values, -np.inf).max(axis=(1, 2))
             self._silent += int((np.isfinite(clip_max) & (clip_max < self.silent_below)).sum())
+
+    def _update_finite(self, values: torch.Tensor) -> None:
+        """:meth:`update` of a batch without NaN or inf: a few torch reductions over the batch
+        in its own dtype, accumulated in float64."""
+        self._check_bins(values.shape[1])
+        self._clips += values.shape[0]
+        n = values.shape[0] * values.shape[2]
+        mean = values.sum(dim=(0, 2), dtype=torch.float64) / n
+        centre = mean.to(values.dtype)
+        m2 = (values - centre[None, :, None]).square_().sum(dim=(0, 2), dtype=torch.float64)
+        m2 -= n * (mean - centre.double()).square()  # the moment about the exact mean
+        count = np.full(len(mean), float(n))
+        self._count, self._mean, self._m2 = merge_moments(
+            self._count, self._mean, self._m2, count, mean.cpu().numpy(), m2.cpu().numpy()
+        )
+        self._min = np.minimum(self._min, values.amin(dim=(0, 2)).cpu().numpy())
+        self._max = np.maximum(self._max, values.amax(dim=(0, 2)).cpu().numpy())
+        if self.silent_below is not None:
+            clip_max = values.amax(dim=(1, 2)).cpu().numpy()
+            self._silent += int((clip_max < self.silent_below).sum())
+
+    def _check_bins(self, n_bins: int) -> None:
+        if self._mean is None:
+            self._count = np.zeros(n_bins)
+            self._mean = np.zeros(n_bins)
+            self._m2 = np.zeros(n_bins)
+            self._min = np.full(n_bins, np.inf)
+            self._max = np.full(n_bins, -np.inf)
+        elif n_bins != len(self._mean):
+            raise ValueError(f"feature batch has {n_bins} bins, earlier batches {len(self._mean)}")
 
     def merge(self, other: FeatureStatsAccumulator) -> FeatureStatsAccumulator:
         """Adds everything ``other`` has seen (e.g. another DDP rank's shard); returns self."""

@@ -268,3 +268,29 @@ def test_total_grad_norm_reuses_the_recorded_norms_for_clipping() -> None:
         assert total == pytest.approx(expected_total, rel=1e-6)
         for got, want in zip(clipped, expected, strict=True):
             torch.testing.assert_close(got, want)
+
+
+def _train_steps(tracker: GradientTracker, model: nn.Module, steps: int) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(steps):
+        _backward(model, seed=step)
+        tracker.after_backward()
+        tracker.before_step()
+        optimizer.step()
+        tracker.after_step()
+
+
+def test_weights_changed_after_the_step_count_toward_the_next_update() -> None:
+    model = _model()
+    groups = ParameterGroups.default(model)
+    tracker = GradientTracker(model, groups)
+    _train_steps(tracker, model, 1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(2.0)
+    _train_steps(tracker, model, 1)
+    first, second = _records(tracker)
+    for name in groups:
+        # Doubling the weights is an update of about the weights' own size, in step 1 only.
+        assert first.metrics[f"update_ratio/{name}"] < 0.5
+        assert second.metrics[f"update_ratio/{name}"] > 0.9

@@ -60,6 +60,21 @@ def test_feature_stats_match_numpy_with_uneven_batches_and_nonfinite_values() ->
     assert len(table) == 8
 
 
+def test_finite_torch_batches_give_the_statistics_of_numpy_batches() -> None:
+    data = _features(seed=3)
+    data[20] -= 100.0  # a quiet clip
+    from_torch = FeatureStatsAccumulator(silent_below=-100.0)
+    from_numpy = FeatureStatsAccumulator(silent_below=-100.0)
+    for start, stop in [(0, 5), (5, 6), (6, 16), (16, 23)]:
+        from_torch.update(torch.from_numpy(data[start:stop]).float())
+        from_numpy.update(data[start:stop].astype(np.float32))
+    ours, reference = from_torch.result(), from_numpy.result()
+    for field in ("bin_mean", "bin_std", "bin_min", "bin_max", "bin_count"):
+        np.testing.assert_allclose(getattr(ours, field), getattr(reference, field), rtol=1e-6)
+    assert ours.silent_fraction == reference.silent_fraction == pytest.approx(1 / 23)
+    assert (ours.n_clips, ours.nan_count, ours.inf_count) == (23, 0, 0)
+
+
 def test_silent_fraction_is_optional_and_bins_must_agree() -> None:
     accumulator = _accumulate(_features(), [23])
     assert "silent_fraction" not in accumulator.result().metrics()
