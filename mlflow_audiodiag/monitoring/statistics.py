@@ -175,15 +175,14 @@ class FeatureStatsAccumulator:
             self._silent += int((np.isfinite(clip_max) & (clip_max < self.silent_below)).sum())
 
     def _update_finite(self, values: torch.Tensor) -> None:
-        """:meth:`update` of a batch without NaN or inf: a few torch reductions over the batch
-        in its own dtype, accumulated in float64."""
+        """:meth:`update` of a batch without NaN or inf: a few torch reductions, in float64
+        like the general path (DDP ranks merge to what one process computes)."""
         self._check_bins(values.shape[1])
         self._clips += values.shape[0]
         n = values.shape[0] * values.shape[2]
-        mean = values.sum(dim=(0, 2), dtype=torch.float64) / n
-        centre = mean.to(values.dtype)
-        m2 = (values - centre[None, :, None]).square_().sum(dim=(0, 2), dtype=torch.float64)
-        m2 -= n * (mean - centre.double()).square()  # the moment about the exact mean
+        wide = values.to(torch.float64, copy=True)
+        mean = wide.sum(dim=(0, 2)) / n
+        m2 = wide.sub_(mean[None, :, None]).square_().sum(dim=(0, 2))
         count = np.full(len(mean), float(n))
         self._count, self._mean, self._m2 = merge_moments(
             self._count, self._mean, self._m2, count, mean.cpu().numpy(), m2.cpu().numpy()
