@@ -6,10 +6,9 @@ step of a short run, 451 points for 100,000 steps, under 1,000 for any run short
 billion steps with the default 40. Each point is the window's mean at the window's last step;
 series named in ``maxima`` also get the window's largest value as ``<name>_max``.
 
-    >>> import pandas as pd
     >>> down = Downsampler({"train/step_loss": "train/step_loss"}, points_per_level=2)
-    >>> down.update(pd.DataFrame({"step": [1, 2, 3, 4], "train/step_loss": [4.0, 3, 2, 1]}))
-    [(1, {'train/step_loss': 4.0}), (2, {'train/step_loss': 3.0})]
+    >>> down.update({"step": [1, 2, 3, 4], "train/step_loss": [4.0, 3, 2, 1]})
+    [(1, {'train/step_loss': 4.0}), (2, {'train/step_loss': 3.0}), (4, {'train/step_loss': 1.5})]
 """
 
 from __future__ import annotations
@@ -18,13 +17,15 @@ import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
-import pandas as pd
+from numpy.typing import ArrayLike
 
-Reducer = Callable[[pd.DataFrame], np.ndarray]
+Block = Mapping[str, ArrayLike]  # consecutive step rows as columns by name, with "step"
+Reducer = Callable[[Block], np.ndarray]
 
 
 class Downsampler:
-    """Turns step-table blocks into ``(step, {metric: value})`` points.
+    """Turns step-table blocks (a DataFrame or columns by name) into ``(step, {metric: value})``
+    points.
 
     Args:
         series: metric name -> the step-table column it summarizes, or a function of the block
@@ -52,14 +53,15 @@ class Downsampler:
         self._filled = 0
         self._last_step = 0
 
-    def update(self, block: pd.DataFrame) -> list[tuple[int, dict[str, float]]]:
+    def update(self, block: Block) -> list[tuple[int, dict[str, float]]]:
         """Adds consecutive step rows; returns the points of every window they complete."""
+        steps = np.asarray(block["step"]).tolist()
         values = {
-            name: self._values(block, source).tolist() for name, source in self.series.items()
+            name: self._values(block, source, len(steps)).tolist()
+            for name, source in self.series.items()
         }
-        steps = block["step"].to_numpy().tolist()
         out = []
-        for row in range(len(block)):
+        for row in range(len(steps)):
             for name, column in values.items():
                 value = column[row]
                 if math.isfinite(value):
@@ -82,12 +84,12 @@ class Downsampler:
         point = self._emit()
         return [point] if point[1] else []
 
-    def _values(self, block: pd.DataFrame, source: str | Reducer) -> np.ndarray:
+    def _values(self, block: Block, source: str | Reducer, rows: int) -> np.ndarray:
         if callable(source):
             return np.asarray(source(block), dtype=np.float64)
         if source not in block:
-            return np.full(len(block), np.nan)
-        return block[source].to_numpy(dtype=np.float64)
+            return np.full(rows, np.nan)
+        return np.asarray(block[source], dtype=np.float64)
 
     def _emit(self) -> tuple[int, dict[str, float]]:
         metrics = {

@@ -1,8 +1,9 @@
 """Per-group gradient norms and update-to-weight ratios, recorded without host syncs.
 
-A step costs a few fused ``torch._foreach_*`` kernels and one ``torch.stack`` into a row of a
-preallocated device buffer: the L2 norm of every tracked gradient and the norms of every group's
-weights and update. :meth:`GradientTracker.drain` moves the finished rows to the host in one
+A step costs a few fused kernels writing into a row of a preallocated device buffer: the L2
+norm of every tracked gradient (one ``torch._foreach_norm``) and, for the update ratios, one
+copy of the weights into a flat buffer, one subtraction and one norm per fixed-size chunk of it
+(a single reduction). :meth:`GradientTracker.drain` moves the finished rows to the host in one
 transfer and combines them there, vectorised over steps, into group norms, totals and ratios.
 """
 
@@ -19,6 +20,8 @@ from mlflow_audiodiag import signals
 from mlflow_audiodiag.monitoring.groups import ParameterGroups
 
 EPS = 1e-12
+MAX_CHUNKS = 256  # chunks of the flat weight buffer beyond one per group (bounds a row's width)
+MIN_CHUNK = 1024  # elements per chunk at least
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,39 @@ class _Chunk:
     first_step: int
     has_grads: list[bool]
     has_updates: list[bool]
+    delta_in: list[int]  # which of the two flat buffers held the update in each row
+    fresh: list[bool]  # the weights before the step were snapshot in that step
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """Where each tracked tensor lies in a flat weight buffer cut into ``chunks`` rows of
+    ``chunk`` elements: the groups one after the other, each padded with zeros to whole chunks,
+    so that one norm along the last dimension gives every chunk's norm and a group's norm is
+    the root sum of squares of its own chunks (``group_chunks[i]:group_chunks[i + 1]``).
+
+    >>> FlatLayout.build([[3, 2], [4]], chunk=4)
+    FlatLayout(chunk=4, chunks=3, offsets=[0, 3, 8], group_chunks=[0, 2, 3])
+    """
+
+    chunk: int
+    chunks: int
+    offsets: list[int]  # start of every tensor
+    group_chunks: list[int]  # first chunk of every group, then the total
+
+    @classmethod
+    def build(cls, group_numels: list[list[int]], chunk: int | None = None) -> FlatLayout:
+        total = sum(map(sum, group_numels))
+        if chunk is None:
+            chunk = max(MIN_CHUNK, -(-total // MAX_CHUNKS))
+        offsets, group_chunks, start = [], [0], 0
+        for numels in group_numels:
+            for numel in numels:
+                offsets.append(start)
+                start += numel
+            group_chunks.append(group_chunks[-1] + max(1, -(-sum(numels) // chunk)))
+            start = group_chunks[-1] * chunk
+        return cls(chunk, group_chunks[-1], offsets, group_chunks)
 
 
 class GradientTracker:
@@ -90,8 +126,7 @@ class GradientTracker:
         self._row = 0
         self._has_grads = [False] * capacity
         self._has_updates = [False] * capacity
-        self._grad_norms: list[torch.Tensor] | None = None
-        self._weight_norms: list[torch.Tensor] | None = None
+        self._fresh = [True] * capacity
         self._chunks: list[_Chunk] = []
         self._allocate()
 
@@ -106,21 +141,24 @@ class GradientTracker:
         return self._steps
 
     def after_backward(self) -> None:
-        """Gradient norm of every tracked tensor; a missing ``.grad`` counts as zero."""
+        """Gradient norm of every tracked tensor, into this step's row; a missing ``.grad``
+        counts as zero."""
         self._check_device()
         zero = self._zero
         grads = [zero if p.grad is None else p.grad for p in self._params]
-        self._grad_norms = torch._foreach_norm(grads) if grads else []
+        norms = torch._foreach_norm(grads) if grads else []
+        self._write(self._rows[self._row][: len(grads)], norms)
+        self._grads_recorded = True
         self._total_norm = None
 
     def total_grad_norm(self) -> torch.Tensor | None:
         """The L2 norm over every tracked gradient, from the norms :meth:`after_backward`
-        computed (a device tensor, no host sync); None before ``after_backward``."""
-        if self._grad_norms is None:
+        recorded (a device tensor, no host sync); None before ``after_backward``."""
+        if not self._grads_recorded:
             return None
         if self._total_norm is None:
-            norms = self._grad_norms or [self._zero.reshape(())]
-            self._total_norm = torch.linalg.vector_norm(torch.stack(norms))
+            norms = self._rows[self._row][: len(self._params)]
+            self._total_norm = torch.linalg.vector_norm(norms if len(norms) else self._zero)
         return self._total_norm
 
     def before_step(self) -> None:
@@ -128,46 +166,37 @@ class GradientTracker:
         if not self.track_updates or self._steps % self.update_interval:
             return
         self._check_device()
-        if self._snapshot_for == self._steps:  # the previous step left this snapshot
-            self._weight_norms = self._next_weight_norms
+        self._measure_update = True
+        self._fresh[self._row] = self._snapshot_for != self._steps
+        if not self._fresh[self._row]:  # the previous step left this snapshot
             return
         with torch.no_grad():
             if self._params:
-                torch._foreach_copy_(self._views[0], self._params)
-            self._weight_norms = self._slice_norms(0)
+                torch._foreach_copy_(self._views[self._before], self._params)
+            start, chunks = len(self._params), self._layout.chunks
+            self._chunk_norms(self._flat[self._before], self._rows[self._row][start:][:chunks])
 
     def after_step(self) -> None:
-        """Writes this step's row and advances to the next one."""
+        """Completes this step's row and advances to the next one."""
         self._check_device()
-        grads, weights = self._grad_norms, self._weight_norms
-        self._grad_norms = self._weight_norms = None
+        measured = self._measure_update
+        self._has_grads[self._row] = self._grads_recorded
+        self._has_updates[self._row] = measured
+        self._delta_in[self._row] = self._before
+        self._grads_recorded = self._measure_update = False
+        self._total_norm = None
         self._snapshot_for = -1
-        if weights is not None:
+        if measured:
             with torch.no_grad():
-                before, after = self._flat
+                before, after = self._before, 1 - self._before
                 if self._params:
-                    torch._foreach_copy_(self._views[1], self._params)
-                before.sub_(after)  # W_before - W_after; ``after`` is the next snapshot
-                norms = list(torch._foreach_norm(self._slices[0] + self._slices[1]))
-            n = len(self.group_names)
-            updates, self._next_weight_norms = norms[:n], norms[n:]
-            self._flat.reverse()
-            self._views.reverse()
-            self._slices.reverse()
+                    torch._foreach_copy_(self._views[after], self._params)
+                self._flat[before].sub_(self._flat[after])  # W_before - W_after
+                start, chunks = len(self._params) + self._layout.chunks, self._layout.chunks
+                both = self._rows[self._row][start:].view(2, chunks)
+                self._chunk_norms(self._both, both)  # the update and W_after, chunk by chunk
+            self._before = after  # the weights after this step are the next step's snapshot
             self._snapshot_for = self._steps + 1
-        n_groups = len(self.group_names)
-        values = [
-            *(grads if grads is not None else self._zeros[: len(self._params)]),
-            *(weights if weights is not None else self._zeros[:n_groups]),
-            *(updates if weights is not None else self._zeros[:n_groups]),
-        ]
-        row = self._rows[self._row]
-        if self._exact_dtype and values:
-            torch.stack(values, out=row)
-        elif values:
-            row.copy_(torch.stack([v.float() for v in values]))
-        self._has_grads[self._row] = grads is not None
-        self._has_updates[self._row] = weights is not None
         self._steps += 1
         self._row += 1
         if self._row == self.capacity:
@@ -182,19 +211,21 @@ class GradientTracker:
         if any(chunk.rows.is_pinned() for chunk in chunks):
             torch.cuda.synchronize()  # completes the asynchronous copies
         rows = np.concatenate([chunk.rows.numpy() for chunk in chunks]).astype(np.float64)
-        has_grads = np.array([flag for chunk in chunks for flag in chunk.has_grads])
-        has_updates = np.array([flag for chunk in chunks for flag in chunk.has_updates])
-        columns = self._columns(rows)
+        flags = {
+            name: np.array([flag for chunk in chunks for flag in getattr(chunk, name)])
+            for name in ("has_grads", "has_updates", "delta_in", "fresh")
+        }
+        columns = self._columns(rows, flags)
         for name, values in columns.items():
             by_update = name.startswith((signals.UPDATE_RATIO.prefix, signals.WEIGHT_NORM.prefix))
-            present = has_updates if by_update else has_grads
+            present = flags["has_updates"] if by_update else flags["has_grads"]
             values[~present] = np.nan
         return StepBlock(chunks[0].first_step, columns)
 
-    def _columns(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+    def _columns(self, rows: np.ndarray, flags: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Group norms, total, non-finite count, update ratios and weight norms of rows
         ``[steps, columns]``."""
-        n_params = len(self._params)
+        n_params, chunks = len(self._params), self._layout.chunks
         squares = np.square(rows[:, :n_params])
         out: dict[str, np.ndarray] = {}
         for name, start, stop in zip(
@@ -204,19 +235,48 @@ class GradientTracker:
         out[signals.GRAD_NORM_TOTAL.name] = np.sqrt(squares.sum(axis=1))
         nonfinite = (~np.isfinite(rows[:, :n_params])).sum(axis=1).astype(float)
         out[signals.NONFINITE_GRADS.name] = nonfinite
-        n_groups = len(self.group_names)
-        weights = rows[:, n_params : n_params + n_groups]
-        updates = rows[:, n_params + n_groups :]
-        with np.errstate(invalid="ignore", over="ignore"):
-            ratios = updates / np.maximum(weights, EPS)
+        weights = ratios = np.full((len(rows), len(self.group_names)), np.nan)
+        if chunks:
+            steps = np.arange(len(rows))
+            both = rows[:, n_params + chunks :].reshape(len(rows), 2, chunks)
+            updates = both[steps, flags["delta_in"]]
+            after = both[steps, 1 - flags["delta_in"]]
+            # A step that reused the previous step's snapshot starts from its weights.
+            previous = np.concatenate([self._carried_weights[None], after[:-1]])
+            before = np.where(
+                flags["fresh"][:, None], rows[:, n_params : n_params + chunks], previous
+            )
+            if flags["has_updates"][-1]:
+                self._carried_weights = after[-1]
+            weights = self._group_norms(before)
+            with np.errstate(invalid="ignore", over="ignore"):
+                ratios = self._group_norms(updates) / np.maximum(weights, EPS)
         for i, name in enumerate(self.group_names):
             out[signals.UPDATE_RATIO.key(group=name)] = ratios[:, i]
             out[signals.WEIGHT_NORM.key(group=name)] = weights[:, i]
         return out
 
-    def _slice_norms(self, buffer: int) -> list[torch.Tensor]:
-        slices = self._slices[buffer]
-        return list(torch._foreach_norm(slices)) if slices else []
+    def _group_norms(self, chunk_norms: np.ndarray) -> np.ndarray:
+        """``[steps, chunks]`` chunk norms to ``[steps, groups]`` group norms."""
+        starts = self._layout.group_chunks[:-1]
+        return np.sqrt(np.add.reduceat(np.square(chunk_norms), starts, axis=1))
+
+    def _chunk_norms(self, flat: torch.Tensor, out: torch.Tensor) -> None:
+        """The norm of every chunk of one flat buffer (into ``[chunks]``) or of both (into
+        ``[2, chunks]``)."""
+        chunked = flat.view(*flat.shape[:-1], self._layout.chunks, self._layout.chunk)
+        if self._exact_dtype:
+            torch.linalg.vector_norm(chunked, dim=-1, out=out)
+        else:
+            out.copy_(torch.linalg.vector_norm(chunked, dim=-1))
+
+    def _write(self, row: torch.Tensor, values: list[torch.Tensor]) -> None:
+        if not values:
+            return
+        if self._exact_dtype:
+            torch.stack(values, out=row)
+        else:
+            row.copy_(torch.stack([v.float() for v in values]))
 
     def _flush(self) -> None:
         """Queues the finished rows for the host (asynchronously on CUDA) and rewinds."""
@@ -226,9 +286,8 @@ class GradientTracker:
         pinned = rows.device.type == "cuda"
         host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=pinned)
         host.copy_(rows, non_blocking=pinned)
-        self._chunks.append(
-            _Chunk(host, self._steps - n, self._has_grads[:n], self._has_updates[:n])
-        )
+        flags = self._has_grads[:n], self._has_updates[:n], self._delta_in[:n], self._fresh[:n]
+        self._chunks.append(_Chunk(host, self._steps - n, *flags))
         self._row = 0
 
     def _check_device(self) -> None:
@@ -244,32 +303,36 @@ class GradientTracker:
         device = devices.pop() if devices else torch.device("cpu")
         dtypes = [p.dtype for p in self._params] or [torch.float32]
         dtype = functools.reduce(torch.promote_types, dtypes)
-        n_params, n_groups = len(self._params), len(self.group_names)
+        n_params = len(self._params)
         self._device = device
-        # Columns: the norm of every tracked gradient, then per group the weight norm before
-        # the step and the update norm.
-        self._buffer = torch.zeros(self.capacity, n_params + 2 * n_groups, device=device)
+        self._layout = FlatLayout.build(
+            [[p.numel() for _, p in self.groups[name]] for name in self.group_names]
+            if self.track_updates
+            else []
+        )
+        chunks = self._layout.chunks
+        # Columns: the norm of every tracked gradient, then (when updates are tracked) the norm
+        # of every chunk of the weights before the step, then of both flat buffers after it.
+        self._buffer = torch.zeros(self.capacity, n_params + 3 * chunks, device=device)
         self._rows = list(self._buffer.unbind(0))
         self._exact_dtype = set(dtypes) == {torch.float32}
         self._zero = torch.zeros(1, dtype=dtypes[0], device=device)
-        self._zeros = list(torch.zeros(max(n_params, n_groups), device=device).unbind(0))
-        # Two flat weight buffers laid out group by group (before and after a step; they swap
-        # roles after each measured step): weight and update norms are then one norm per group
-        # instead of one per tensor, and the delta is one subtraction.
-        self._flat: list[torch.Tensor] = []
+        # Two flat weight buffers in the chunked layout (before and after a step; they swap
+        # roles after each measured step): the weight and update norms are then one reduction
+        # over fixed-size chunks instead of one norm per tensor, and the delta is one
+        # subtraction. Padding stays zero.
+        self._both = torch.zeros(2, chunks * self._layout.chunk, dtype=dtype, device=device)
+        self._flat = list(self._both.unbind(0))
         self._views: list[list[torch.Tensor]] = [[], []]
-        self._slices: list[list[torch.Tensor]] = [[], []]
         if self.track_updates:
-            numels = [p.numel() for p in self._params]
-            sizes = [sum(p.numel() for _, p in self.groups[name]) for name in self.group_names]
-            for index in range(2):
-                flat = torch.zeros(sum(numels), dtype=dtype, device=device)
-                self._flat.append(flat)
+            for index, flat in enumerate(self._flat):
                 self._views[index] = [
-                    v.view(p.shape) for v, p in zip(flat.split(numels), self._params, strict=True)
+                    flat[start : start + p.numel()].view(p.shape)
+                    for start, p in zip(self._layout.offsets, self._params, strict=True)
                 ]
-                self._slices[index] = list(flat.split(sizes))
-        self._grad_norms = self._weight_norms = None
+        self._before = 0  # the flat buffer that holds the weights before the next step
+        self._delta_in = [0] * self.capacity
+        self._grads_recorded = self._measure_update = False
         self._total_norm: torch.Tensor | None = None
-        self._next_weight_norms: list[torch.Tensor] = []
-        self._snapshot_for = -1  # the step whose "before" snapshot the first buffer holds
+        self._carried_weights = np.full(chunks, np.nan)  # the last drained step's W_after
+        self._snapshot_for = -1  # the step whose "before" snapshot the buffer holds

@@ -26,7 +26,7 @@ drained; everything reaches MLflow through a durable logger that survives server
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,7 +56,7 @@ from mlflow_audiodiag.monitoring.data_evidence import (
     label_counts_stats,
     sample_batches,
 )
-from mlflow_audiodiag.monitoring.downsample import Downsampler
+from mlflow_audiodiag.monitoring.downsample import Block, Downsampler
 from mlflow_audiodiag.monitoring.gradients import GradientTracker
 from mlflow_audiodiag.monitoring.groups import ParameterGroups
 from mlflow_audiodiag.monitoring.sink import DurableRunLogger, SinkConfig
@@ -382,15 +382,13 @@ class TrainingMonitor:
         if not self._hooked:
             self._probe_clipping()
         self.tracker.after_step()
+        lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
         self._pending.append(
             {
                 "step": self.step,
                 "loss": self._explicit_loss if self._explicit_loss is not None else outputs.loss,
                 "outputs": outputs,
-                "lrs": {
-                    signals.LR.key(param_group=group.get("name", index)): float(group["lr"])
-                    for index, group in enumerate(self.optimizer.param_groups)
-                },
+                "lrs": dict(zip(self._lr_keys(), lrs, strict=True)),
                 "clip": self._step_clip if self._step_clip is not None else self.clip_max_norm,
                 "clip_probe": self._clip_probe,
             }
@@ -400,6 +398,19 @@ class TrainingMonitor:
         self._clip_probe = None
         if len(self._pending) >= self.config.buffer_steps:
             self._drain()
+
+    def _lr_keys(self) -> list[str]:
+        """``lr/<name or index>`` of every optimizer parameter group (built again when groups
+        are added)."""
+        groups = self.optimizer.param_groups
+        if len(self._lr_key_cache) != len(groups):
+            self._lr_key_cache = [
+                signals.LR.key(param_group=group.get("name", index))
+                for index, group in enumerate(groups)
+            ]
+        return self._lr_key_cache
+
+    _lr_key_cache: list[str] = []
 
     def _check_explicit(self, call: str) -> None:
         if self._hooked:
@@ -639,25 +650,19 @@ class TrainingMonitor:
             return
         n = min(len(block), len(pending))
         pending = pending[:n]
-        frame = pd.DataFrame(
-            {
-                "step": np.array([p["step"] for p in pending]),
-                **{name: values[:n] for name, values in block.columns.items()},
-                **self._step_columns(pending),
-            }
-        )
-        self._nonfinite[signals.NONFINITE_GRADS.name] += float(
-            np.nansum(frame[signals.NONFINITE_GRADS.name])
-        )
-        self._nonfinite[signals.NONFINITE_LOSS.name] += float(
-            np.nansum(frame[signals.NONFINITE_LOSS.name])
-        )
-        losses = frame[signals.STEP_LOSS.name].to_numpy()
+        columns = {
+            "step": np.array([p["step"] for p in pending]),
+            **{name: values[:n] for name, values in block.columns.items()},
+            **self._step_columns(pending),
+        }
+        for name in (signals.NONFINITE_GRADS.name, signals.NONFINITE_LOSS.name):
+            self._nonfinite[name] += float(np.nansum(columns[name]))
+        losses = columns[signals.STEP_LOSS.name]
         self._epoch_losses.append(losses[np.isfinite(losses)])
-        self.sink.append_rows(STEPS_TABLE, frame)
-        for step, metrics in self._downsampler.update(frame):
+        self.sink.append_rows(STEPS_TABLE, columns)
+        for step, metrics in self._downsampler.update(columns):
             self.sink.log_many(metrics, step=step)
-        self.sink.log_many(dict(self._nonfinite), step=int(frame["step"].iloc[-1]))
+        self.sink.log_many(dict(self._nonfinite), step=int(columns["step"][-1]))
 
     def _step_columns(self, pending: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         """Loss, accuracy, targets, learning rates and clipping of the pending steps."""
@@ -704,23 +709,24 @@ class TrainingMonitor:
             return self.classes
         return _index_names(n)
 
-    def _log10_update_ratio(self, block: pd.DataFrame) -> np.ndarray:
-        columns = [c for c in block.columns if c.startswith(signals.UPDATE_RATIO.prefix)]
-        return _log10_of_max(block, columns)
+    def _log10_update_ratio(self, block: Block) -> np.ndarray:
+        return _log10_of_max(block, signals.UPDATE_RATIO.prefix)
 
-    def _log10_lr(self, block: pd.DataFrame) -> np.ndarray:
-        columns = [c for c in block.columns if c.startswith(signals.LR.prefix)]
-        return _log10_of_max(block, columns)
+    def _log10_lr(self, block: Block) -> np.ndarray:
+        return _log10_of_max(block, signals.LR.prefix)
 
 
-def _log10_of_max(block: pd.DataFrame, columns: list[str]) -> np.ndarray:
+def _log10_of_max(block: Block, prefix: str) -> np.ndarray:
+    """Per row, log10 of the largest value of the columns named ``prefix...`` (NaN where no
+    column has a positive value)."""
+    names = [name for name in block if name.startswith(prefix)]
+    columns = [np.asarray(block[name], dtype=np.float64) for name in names]
     if not columns:
-        return np.full(len(block), np.nan)
-    with np.errstate(divide="ignore", invalid="ignore"), contextlib.suppress(ValueError):
-        # fmax skips NaN like nanmax, and leaves a row without any value NaN, silently.
-        largest = np.fmax.reduce(block[columns].to_numpy(dtype=np.float64), axis=1)
+        return np.full(len(block["step"]), np.nan)
+    # fmax skips NaN like nanmax, and leaves a row without any value NaN, silently.
+    largest = functools.reduce(np.fmax, columns)
+    with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(largest > 0, np.log10(largest), np.nan)
-    return np.full(len(block), np.nan)
 
 
 def _host(values: list[torch.Tensor | None]) -> np.ndarray:

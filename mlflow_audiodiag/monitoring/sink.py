@@ -42,7 +42,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.feather as feather
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
@@ -331,10 +334,16 @@ class DurableRunLogger:
             self._all_tags[key] = str(value)
             self._write_quietly(self.folder / spool.TAGS, json.dumps(self._all_tags))
 
-    def append_rows(self, table: str, frame: pd.DataFrame) -> None:
-        """Appends rows to ``table``; they are on disk when this returns and reach the run as
+    def append_rows(self, table: str, rows: pd.DataFrame | Mapping[str, np.ndarray]) -> None:
+        """Appends rows (a DataFrame, or equally long columns by name) to ``table``; they are
+        on disk when this returns (an Arrow IPC part, quick to write) and reach the run as
         ``<table_dir>/<table>.parquet`` when the logger closes (or through ``recover``)."""
-        if frame.empty:
+        arrow = (
+            pa.Table.from_pandas(rows, preserve_index=False)
+            if isinstance(rows, pd.DataFrame)
+            else pa.table(dict(rows))
+        )
+        if arrow.num_rows == 0:
             return
         with self._lock:
             self._check_open()
@@ -343,12 +352,12 @@ class DurableRunLogger:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 tmp = folder / f".part-{index:06d}.tmp"
-                frame.to_parquet(tmp, index=False)
-                tmp.rename(folder / f"part-{index:06d}.parquet")
+                feather.write_feather(arrow, tmp, compression="uncompressed")
+                tmp.rename(folder / f"part-{index:06d}{spool.PART_SUFFIX}")
                 self._parts[table] = index
             except OSError as error:
                 self._spool_failed(error)
-                self._memory_tables.setdefault(table, []).append(frame)
+                self._memory_tables.setdefault(table, []).append(arrow.to_pandas())
 
     def write_table(self, table: str, frame: pd.DataFrame) -> None:
         """Replaces ``<table_dir>/<table>.parquet`` (uploaded on :meth:`publish` and close)."""
@@ -805,9 +814,15 @@ def _table_files(folder: Path) -> list[Path]:
 
 
 def _concat_parts(folder: Path, memory: list[pd.DataFrame] | None = None) -> pd.DataFrame | None:
-    frames = [pd.read_parquet(p) for p in sorted(folder.glob("part-*.parquet"))]
+    frames = [_read_part(p) for p in spool.table_parts(folder)]
     frames += memory or []
     return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _read_part(path: Path) -> pd.DataFrame:
+    if path.suffix == ".parquet":  # written by earlier versions
+        return pd.read_parquet(path)
+    return feather.read_table(path).to_pandas()
 
 
 def _orphaned_spools(root: Path, tracking_uri: str, own: Path) -> list[Path]:

@@ -9,7 +9,8 @@ One spool is a folder ``<root>/<run_id>/<stem>/``:
   ``metrics.acked``: counts of points (from the start) the store accepted;
 - ``uploads.jsonl``: one ``{"file": ..., "artifact_path": ...}`` per staged artifact (payloads
   under ``files/``), and ``uploads.acked``: counts of uploads done;
-- ``tables/<name>/part-*.parquet``: rows appended durably, uploaded as one Parquet file;
+- ``tables/<name>/part-*.arrow``: rows appended durably (Arrow IPC files; earlier versions
+  wrote ``part-*.parquet``), uploaded as one Parquet file;
 - ``tags.json``: the latest value of every tag set; ``end.json``: how the writer wanted the run
   to end.
 
@@ -42,6 +43,7 @@ UPLOADS = "uploads.jsonl"
 UPLOADS_ACKED = "uploads.acked"
 FILES = "files"
 TABLES = "tables"
+PART_SUFFIX = ".arrow"
 TAGS = "tags.json"
 END = "end.json"
 
@@ -180,6 +182,12 @@ def read_acked(path: Path) -> int:
         return 0
     counts = [int(line) for line in path.read_text(encoding="utf-8").split() if line.isdigit()]
     return max(counts, default=0)
+
+
+def table_parts(folder: Path) -> list[Path]:
+    """The appended parts of one table, oldest first (Arrow parts and older Parquet parts)."""
+    parts = [p for p in folder.glob("part-*") if p.suffix in (PART_SUFFIX, ".parquet")]
+    return sorted(parts, key=lambda p: p.stem)
 
 
 def atomic_write(path: Path, text: str) -> None:

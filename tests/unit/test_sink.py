@@ -111,7 +111,7 @@ def test_the_spool_holds_points_and_acks_and_is_removed_once_delivered(client, r
 def test_tables_tags_artifacts_and_the_end_of_the_run_arrive(client, run_id, tmp_path) -> None:
     sink = DurableRunLogger(run_id, client, manual(tmp_path))
     sink.append_rows("steps", pd.DataFrame({"step": [1, 2], "loss": [0.5, 0.4]}))
-    parts = sorted((sink.folder / spool.TABLES / "steps").glob("part-*.parquet"))
+    parts = spool.table_parts(sink.folder / spool.TABLES / "steps")
     assert len(parts) == 1  # on disk when append_rows returns
     sink.append_rows("steps", pd.DataFrame({"step": [3], "loss": [0.3]}))
     sink.write_json("summary", {"labels/train/n": 10.0})
