@@ -115,6 +115,38 @@ def test_update_ratios_over_consecutive_steps_match_weight_snapshots(interval: i
             assert record.metrics[f"update_ratio/{name}"] == pytest.approx(ratio, rel=1e-4)
 
 
+def test_weights_before_a_step_carry_over_drains_and_full_buffers() -> None:
+    model = _model()
+    groups = ParameterGroups.default(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    tracker = GradientTracker(model, groups, capacity=2)  # a full buffer every second step
+    expected, records = [], []
+    for step in range(7):
+        _backward(model, seed=step)
+        tracker.after_backward()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        tracker.before_step()
+        optimizer.step()
+        tracker.after_step()
+        after = dict(model.named_parameters())
+        weights = {
+            name: torch.linalg.vector_norm(
+                torch.cat([before[n].reshape(-1) for n, _ in groups[name]])
+            ).item()
+            for name in groups
+        }
+        ratios = {name: _group_ratio(groups, name, before, after) for name in groups}
+        expected.append((weights, ratios))
+        if step % 3 == 2:
+            records += _records(tracker)
+    records += _records(tracker)
+    assert [r.step for r in records] == list(range(7))
+    for record, (weights, ratios) in zip(records, expected, strict=True):
+        for name in groups:
+            assert record.metrics[f"weight_norm/{name}"] == pytest.approx(weights[name], rel=1e-5)
+            assert record.metrics[f"update_ratio/{name}"] == pytest.approx(ratios[name], rel=1e-4)
+
+
 def test_frozen_parameters_show_frozen_fraction_and_no_update() -> None:
     model = _model()
     for param in (*model.embedding.parameters(), model.cls_token, model.pos_embedding):

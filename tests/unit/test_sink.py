@@ -210,6 +210,23 @@ def test_recover_takes_spools_of_dead_writers_and_ends_their_runs_killed(
     assert not Path(out.strip()).exists()
 
 
+def test_recover_reads_parquet_parts_of_earlier_versions_with_arrow_parts_in_order(
+    client, run_id, tmp_path
+) -> None:
+    root = tmp_path / "spool"
+    command = [sys.executable, "-c", DYING_WRITER, run_id, str(root), "die"]
+    with spawned(command, text=True, stdout=subprocess.PIPE) as child:
+        out, _ = child.communicate(timeout=120)
+    parts = Path(out.strip()) / spool.TABLES / "steps"
+    assert [p.name for p in spool.table_parts(parts)] == ["part-000001.arrow"]
+    pd.DataFrame({"step": [0], "loss": [0.9]}).to_parquet(parts / "part-000000.parquet")
+    (result,) = recover(root, client)
+    assert result.tables == 1
+    steps = pd.read_parquet(client.download_artifacts(run_id, "monitor/steps.parquet", tmp_path))
+    assert steps["step"].tolist() == [0, 1, 2]
+    assert steps["loss"].tolist() == [0.9, 0.5, 0.4]
+
+
 def test_recover_leaves_the_spool_of_a_running_writer_alone(client, run_id, tmp_path) -> None:
     root = tmp_path / "spool"
     command = [sys.executable, "-c", DYING_WRITER, run_id, str(root), "live"]
