@@ -21,7 +21,7 @@ from mlflow_audiodiag.monitoring.groups import ParameterGroups
 
 EPS = 1e-12
 MAX_CHUNKS = 256  # chunks of the flat weight buffer beyond one per group (bounds a row's width)
-MIN_CHUNK = 1024  # elements per chunk at least
+MIN_CHUNK = 128  # elements per chunk at least (padding to whole chunks stays small)
 
 
 @dataclass(frozen=True)
